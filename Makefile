@@ -103,8 +103,11 @@ demo: setup weights demo-data
 	@for h in $(HEADS); do $(MAKE) --no-print-directory train DATASET=synthetic HEAD=$$h || exit 1; done
 	$(MAKE) --no-print-directory eval
 
+# pytest exits 5 when it collects no tests: for this project that is a broken suite, so it fails loudly.
 test: setup-test
-	$(PY) -m pytest
+	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (broken test suite)" >&2; fi; \
+	  exit $$status
 
 bench: setup
 	$(PY) bench/bench_i3d.py
