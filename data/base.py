@@ -1,0 +1,277 @@
+"""Shared pieces of the dataset readers: `Sample`, `DataError`, the base class and frame/video IO.
+
+Error policy: readers raise `DataError` (a `ValueError`) for anything a user can cause (a missing folder
+or frame, an unreadable JPEG or video, a video shorter than its window, an unknown annotation key, a NaN
+or out-of-range score, a split naming a missing sample). There is no `skip_errors` switch here: metadata
+problems found by `samples()` stop the dataset (the split would be wrong), while per-video problems are
+raised by `read_frames()` so that the extraction loop can catch `DataError` per video and record it.
+
+Heavy or optional modules (PIL, av, scipy.io) are imported inside the functions that need them so that
+`import data` stays light.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+META_DIR = Path(__file__).resolve().parent / "meta"
+
+
+class DataError(ValueError):
+    """A problem with the user's data: names the file or key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One judged attempt. See docs/ARCHITECTURE.md ("data/")."""
+
+    video_id: str
+    source: str
+    score: float
+    difficulty: float | None = None
+    split: str = "train"
+    cls: str = ""
+    folds: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # dict fields are unhashable; video_id is unique
+        return hash(self.video_id)
+
+
+class Dataset:
+    """Base class of the readers. Subclasses set `name`, `n_frames` and implement `_load_samples` and
+    `_read_window`."""
+
+    name: ClassVar[str] = ""
+    supports_shift: ClassVar[bool] = False
+    n_frames: int = 0
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._samples: list[Sample] | None = None
+
+    def samples(self) -> list[Sample]:
+        """All samples in a deterministic order (metadata only; frames are read by `read_frames`)."""
+        if self._samples is None:
+            self._samples = list(self._load_samples())
+        return list(self._samples)
+
+    def read_frames(self, sample: Sample, max_shift: int = 0) -> np.ndarray:
+        """np.uint8 [T + 2*max_shift, H, W, 3]; raises DataError for a bad video or frame."""
+        if max_shift < 0:
+            raise DataError(f"max_shift must be >= 0, got {max_shift}")
+        if max_shift > 0 and not self.supports_shift:
+            raise DataError(f"dataset {self.name!r} has no end-frame shift protocol; use max_shift=0 "
+                            f"(got {max_shift}) for {sample.video_id}")
+        frames = self._read_window(sample, max_shift)
+        expected = self.n_frames + 2 * max_shift
+        if frames.shape[0] != expected:  # a reader bug, not user data
+            raise AssertionError(f"{sample.video_id}: got {frames.shape[0]} frames, expected {expected}")
+        return frames
+
+    def _load_samples(self) -> Sequence[Sample]:
+        raise NotImplementedError
+
+    def _read_window(self, sample: Sample, max_shift: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.samples())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r})"
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def check_score(value: Any, where: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """float(value), raising DataError naming `where` for a non-number, NaN/inf or a value outside [lo, hi]."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: score {value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise DataError(f"{where}: score is {x}; every sample needs a finite score (fix or drop the row)")
+    tol = 1e-6 * max(1.0, abs(hi) if math.isfinite(hi) else 1.0)
+    if x < lo - tol or x > hi + tol:
+        raise DataError(f"{where}: score {x} is outside the allowed range [{lo}, {hi}]")
+    return x
+
+
+_NUM = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> list:
+    """Sort key comparing digit runs as numbers ('img_2' < 'img_10'); equals name order for padded names."""
+    return [int(t) if t.isdigit() else t.lower() for t in _NUM.split(name)]
+
+
+def list_frames(folder: Path) -> list[Path]:
+    """Image files of a frame folder in natural name order; DataError if the folder is missing/empty."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: frame folder not found")
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_EXTS)}) in the frame folder")
+    files.sort(key=lambda p: natural_key(p.name))
+    return files
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One RGB frame as uint8 [H, W, 3]; DataError for a missing, truncated or unreadable file."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: frame file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()  # forces the full decode: a truncated JPEG fails here
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as exc:  # PIL raises OSError, SyntaxError, UnidentifiedImageError, ...
+        raise DataError(f"{path}: unreadable or truncated image ({exc}); re-extract this frame") from None
+    return arr
+
+
+def read_images(paths: Sequence[Path]) -> np.ndarray:
+    """Stack frames into uint8 [N, H, W, 3]; files repeated in `paths` are decoded once."""
+    cache: dict[Path, np.ndarray] = {}
+    out = None
+    for i, p in enumerate(paths):
+        img = cache.get(p)
+        if img is None:
+            img = cache[p] = read_image(p)
+        if out is None:
+            out = np.empty((len(paths),) + img.shape, dtype=np.uint8)
+        elif img.shape != out.shape[1:]:
+            raise DataError(f"{p}: frame size {img.shape[:2]} differs from the first frame's "
+                            f"{out.shape[1:3]} ({paths[0]})")
+        out[i] = img
+    if out is None:
+        raise DataError("no frames to read")
+    return out
+
+
+def even_indices(n_available: int, n_wanted: int) -> np.ndarray:
+    """`n_wanted` frame indices spread evenly over `n_available` frames: the centre of each of `n_wanted`
+    equal segments, floor((i + 0.5) * n_available / n_wanted). Strictly increasing when
+    n_available >= n_wanted (callers raise DataError otherwise)."""
+    i = np.arange(n_wanted, dtype=np.float64)
+    return np.minimum(np.floor((i + 0.5) * n_available / n_wanted).astype(np.int64), n_available - 1)
+
+
+def _open_video(path: Path):
+    import av
+
+    if not path.is_file():
+        raise DataError(f"{path}: video file not found")
+    try:
+        container = av.open(str(path))
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable video ({exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise DataError(f"{path}: the file has no video stream")
+    return container
+
+
+def count_video_frames(path: Path) -> int:
+    """Number of video packets (one per frame for the codecs used here) without decoding."""
+    container = _open_video(path)
+    try:
+        stream = container.streams.video[0]
+        return sum(1 for pkt in container.demux(stream) if pkt.size)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable video ({exc})") from None
+    finally:
+        container.close()
+
+
+def _decode_selected(path: Path, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], int]:
+    """Decode the whole video once, converting only the frames whose index is in `wanted`."""
+    want = set(int(i) for i in wanted)
+    got: dict[int, np.ndarray] = {}
+    container = _open_video(path)
+    n = 0
+    try:
+        for frame in container.decode(video=0):
+            if n in want:
+                got[n] = frame.to_ndarray(format="rgb24")
+            n += 1
+    except Exception as exc:
+        raise DataError(f"{path}: video decoding failed after {n} frames ({exc}); the file may be "
+                        "truncated, re-copy it") from None
+    finally:
+        container.close()
+    return got, n
+
+
+def read_video_even(path: str | Path, n_frames: int) -> np.ndarray:
+    """`n_frames` frames sampled evenly (see `even_indices`) from a video file: uint8 [n_frames, H, W, 3].
+
+    The file is demuxed once to count frames and decoded once; if the decoder yields a different number of
+    frames than packets (rare), the indices are recomputed and the file decoded again.
+    """
+    path = Path(path)
+    n_total = count_video_frames(path)
+    for _ in range(2):
+        if n_total < n_frames:
+            raise DataError(f"{path}: video has {n_total} frames, shorter than its window of {n_frames}")
+        idx = even_indices(n_total, n_frames)
+        got, n_decoded = _decode_selected(path, idx)
+        if all(int(i) in got for i in idx):
+            return np.stack([got[int(i)] for i in idx])
+        n_total = n_decoded
+    raise DataError(f"{path}: could not decode the frames it announces; the file may be damaged")
+
+
+def read_folder_even(folder: str | Path, n_frames: int) -> np.ndarray:
+    """`n_frames` frames sampled evenly from a frame folder (natural name order)."""
+    files = list_frames(Path(folder))
+    if len(files) < n_frames:
+        raise DataError(f"{folder}: {len(files)} frames, shorter than the window of {n_frames}")
+    return read_images([files[i] for i in even_indices(len(files), n_frames)])
+
+
+def read_even(source: str | Path, n_frames: int) -> np.ndarray:
+    """Evenly sampled frames from a video file or a frame folder."""
+    source = Path(source)
+    if source.is_dir():
+        return read_folder_even(source, n_frames)
+    if not source.exists():
+        raise DataError(f"{source}: video file or frame folder not found")
+    return read_video_even(source, n_frames)
+
+
+def find_file(name: str, candidates: Sequence[Path], what: str) -> Path:
+    """The first existing `<dir>/<name>` among `candidates`."""
+    for d in candidates:
+        p = Path(d) / name
+        if p.is_file():
+            return p
+    raise DataError(f"{what}: {name} not found in any of {[str(c) for c in candidates]}")
+
+
+def to_jsonable(x: Any) -> Any:
+    """numpy scalars/arrays and tuples to plain JSON types."""
+    if isinstance(x, np.ndarray):
+        return [to_jsonable(v) for v in x.tolist()]
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    return x
