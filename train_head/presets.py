@@ -1,0 +1,70 @@
+"""Per-dataset presets: the middle layer of `resolve_config` (defaults <- preset <- CLI).
+
+Names (`python -m train_head presets` lists them all):
+
+    aqa7, aqa7/<class>                 theta 100 (scores normalised to [0, 100] per class), head core
+    mtl_aqa                            theta 100, head core (no difficulty)
+    mtl_aqa_dd                         theta 30, head core_dd (exemplars of the same difficulty,
+                                       completeness targets)
+    jigsaws, jigsaws/<task>,           theta 30 (GRS 6..30), protocol 4fold; fold ids 4fold 0-3,
+    jigsaws/<task>/<protocol>/<fold>   loso 1-5, louo B-I
+    synthetic                          the demo dataset (AQA-7 layout, class `diving`), theta 100
+    csv                                your own data; theta 100 - set theta to your score range
+
+A preset only holds the values that differ from the RunConfig defaults (see config.py); every value
+can still be overridden on the command line (`--set key=value`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from train_head.config import ConfigError
+
+AQA7_CLASSES = ("diving", "gym_vault", "ski_big_air", "snowboard_big_air", "sync_diving_3m",
+                "sync_diving_10m")
+JIGSAWS_TASKS = ("Suturing", "Needle_Passing", "Knot_Tying")
+JIGSAWS_FOLDS = {
+    "4fold": ("0", "1", "2", "3"),
+    "loso": ("1", "2", "3", "4", "5"),
+    "louo": ("B", "C", "D", "E", "F", "G", "H", "I"),
+}
+
+
+def _build_presets() -> dict[str, dict[str, Any]]:
+    p: dict[str, dict[str, Any]] = {}
+    p["aqa7"] = {"dataset": "aqa7", "theta": 100.0, "head": "core"}
+    for c in AQA7_CLASSES:
+        p[f"aqa7/{c}"] = {**p["aqa7"], "cls": c}
+    p["mtl_aqa"] = {"dataset": "mtl_aqa", "theta": 100.0, "head": "core"}
+    p["mtl_aqa_dd"] = {"dataset": "mtl_aqa", "theta": 30.0, "head": "core_dd"}
+    p["jigsaws"] = {"dataset": "jigsaws", "theta": 30.0, "head": "core", "protocol": "4fold"}
+    for t in JIGSAWS_TASKS:
+        p[f"jigsaws/{t}"] = {**p["jigsaws"], "cls": t}
+        for proto, folds in JIGSAWS_FOLDS.items():
+            for f in folds:
+                p[f"jigsaws/{t}/{proto}/{f}"] = {**p["jigsaws"], "cls": t, "protocol": proto, "fold": f}
+    p["synthetic"] = {"dataset": "synthetic", "theta": 100.0, "head": "core"}
+    p["csv"] = {"dataset": "csv", "theta": 100.0, "head": "core"}
+    return p
+
+
+PRESETS: dict[str, dict[str, Any]] = _build_presets()
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    try:
+        return dict(PRESETS[name])
+    except KeyError:
+        tops = sorted(k for k in PRESETS if k.count("/") == 0)
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(tops)} "
+                          "(plus aqa7/<class>, jigsaws/<task>[/<protocol>/<fold>])") from None
+
+
+def default_preset(dataset: str | None, head: str | None = None) -> str | None:
+    """The preset to use when the user names only a dataset (and maybe a head): MTL-AQA with a dd
+    head -> mtl_aqa_dd; unknown datasets -> no preset (RunConfig defaults)."""
+    if dataset is None:
+        return None
+    if dataset == "mtl_aqa" and head is not None and head.endswith("_dd"):
+        return "mtl_aqa_dd"
+    return dataset if dataset in PRESETS else None
