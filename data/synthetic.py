@@ -7,8 +7,8 @@
 - `DIR/difficulty.csv`: video_id, difficulty and the hidden factors of each video;
 - `DIR/README.txt`: the scoring rule below.
 
-What a video shows (103 frames, a sky, a water surface at 72% of the height, a tower on the left): the
-diver (red body, yellow head, about 30% of the frame tall) stands on the platform (frames 0-11), flies
+What a video shows (103 frames, a sky, a water surface at 80% of the height, a tower on the left): the
+diver (red body, yellow head, about 40% of the frame tall) stands on the platform (frames 0-11), flies
 along a parabola (frames 12-71) while somersaulting `performed_rotations` turns in a body shape (tuck,
 pike or straight; it opens straight for the last 15% of the flight), enters the water at a visible
 angle, and a white splash (size set by `splash`) rises and fades (frames 72-102).
@@ -119,10 +119,10 @@ def render_dive(f: DiveFactors, size: int = 128) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     S = int(size)
-    water_y = 0.72 * S
-    plat_y = 0.26 * S
-    L = 0.30 * S
-    lw = max(2, S // 28)
+    water_y = 0.8 * S
+    plat_y = 0.45 * S
+    L = 0.36 * S
+    lw = max(2, S // 14)
     # static background
     bg = np.empty((S, S, 3), np.uint8)
     yy = np.arange(S)[:, None]
@@ -145,7 +145,7 @@ def render_dive(f: DiveFactors, size: int = 128) -> np.ndarray:
         else:
             u = min(1.0, (t - T_TAKEOFF) / (T_ENTRY - T_TAKEOFF))
             if t < T_ENTRY:
-                y = hip0 - 0.25 * S * 4 * u * (1 - u) * 0.6 + (water_y - hip0) * u * u
+                y = hip0 - 0.2 * S * u * (1 - u) + (water_y - hip0) * u * u
                 pos, ang = (x0 + (x1 - x0) * u, y), total * u
                 shape = f.shape if 0.1 <= u <= 0.85 else "straight"
             else:  # sinking along the entry angle
@@ -163,7 +163,7 @@ def render_dive(f: DiveFactors, size: int = 128) -> np.ndarray:
             for p, q in segs:
                 dr.line([tr(p), tr(q)], fill=(220, 30, 30), width=lw)
             hx, hy = tr(head)
-            r = 0.09 * L
+            r = 0.13 * L
             dr.ellipse([hx - r, hy - r, hx + r, hy + r], fill=(250, 210, 40))
             if t >= T_ENTRY - 1:  # what is under water is hidden
                 arr = np.asarray(im).copy()
