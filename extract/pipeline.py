@@ -1,0 +1,394 @@
+"""Stage one: run I3D over a dataset and write per-clip features to an HDF5 cache.
+
+    python -m extract features --dataset synthetic --root artifacts/datasets/synthetic
+    torchrun --nproc_per_node 4 -m extract features --dataset aqa7 --root /data/AQA-7   # one GPU per rank
+
+Per sample the frames are decoded ONCE (``read_frames(sample, max_shift=max |view.shift|)``) and every
+clip of every view is cut from them (``apply_view`` then ``cut_clips``): a (V, n_clips) grid of 16-frame
+clips. Decoding and the view transforms run in DataLoader workers; the main process gathers clips of
+several videos into batches of ``batch_clips`` and runs ``I3D.forward_features`` under
+``torch.inference_mode``. Results per video: float32 ``(V, n_clips, 1024)``, stored as float16.
+
+Numerics by device:
+- CPU: float32 with batch norm folded into the convolutions (``load_i3d(fuse_bn=True)``). bfloat16 is
+  not used on CPU: on CPUs without native bf16 matrix units it ran 50-280x slower than float32 here.
+  float32 results depend on the batch composition and the thread count at the 1e-5 level (different
+  convolution algorithms), so two runs agree bitwise only with the same batches and threads.
+- CUDA: bfloat16 autocast (``precision="fp16"`` for float16, ``"fp32"`` for none), channels_last_3d.
+
+Crash safety and resume (see ``cache.store``): finished videos and failures go to atomic part files
+every ``part_every`` videos; a rerun skips finished videos (failed ones are retried), and at the end the
+parts are merged into ``out_path`` (temp file + ``os.replace``). A complete ``out_path`` with the same
+settings makes a rerun a no-op; one with other settings is refused unless ``overwrite``.
+
+A video whose reading or transform raises (``data.DataError`` or any decode error) is recorded with its
+error and skipped; ``strict=True`` re-raises instead. If every video of a run fails, nothing is merged
+and the first error is raised (a wrong setting, not bad videos).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cache import store as cstore
+from data.transforms import FrameConfig, View, apply_view, clip_starts, cut_clips, shift_window
+
+from . import dist
+
+log = logging.getLogger(__name__)
+
+CLIP_LEN = 16
+BACKBONE = "i3d"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ------------------------------------------------------------------------------------------ devices
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without CUDA raises a clear error."""
+    if isinstance(device, torch.device):
+        return device
+    d = str(device).lower()
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(d)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device "
+                         f"(torch {torch.__version__}); use --device cpu or install the CUDA build")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if device.type != "cuda":
+        return "fp32"       # bf16 on CPU: 50-280x slower than fp32 on the CPUs measured (module docstring)
+    return "bf16" if precision == "auto" else precision
+
+
+def default_batch_clips(device: torch.device) -> int:
+    return 128 if device.type == "cuda" else 16
+
+
+def default_workers(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+# ------------------------------------------------------------------------------------- clip cutting
+def max_shift_of(views: Sequence[View]) -> int:
+    return max((abs(int(v.shift)) for v in views), default=0)
+
+
+def clip_grid(frames_uint8: np.ndarray, views: Sequence[View], frame_cfg: FrameConfig, n_clips: int,
+              n_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Per view, float32 clips ``(n_clips, 3, 16, crop, crop)`` from ONE decoded array.
+
+    ``frames_uint8``: ``(T + 2*max_shift, H, W, 3)`` as ``read_frames(sample, max_shift)`` returns, with
+    ``max_shift = max |view.shift|`` (so T = len - 2*max_shift unless ``n_frames`` is given).
+    """
+    ms = max_shift_of(views)
+    t = n_frames if n_frames is not None else frames_uint8.shape[0] - 2 * ms
+    starts = clip_starts(t, n_clips, CLIP_LEN)
+    for view in views:
+        window = shift_window(frames_uint8, view.shift, ms, t) if ms else frames_uint8[:t]
+        yield cut_clips(apply_view(window, view, frame_cfg), starts, CLIP_LEN)
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    """``x (B, 3, 16, S, S)`` -> float32 ``(B, D)`` on the CPU."""
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        if precision in _AMP:
+            with torch.autocast("cuda", dtype=_AMP[precision]):
+                return model.forward_features(x).float().cpu()
+        return model.forward_features(x.float()).float().cpu()
+    return model.forward_features(x.float()).cpu()
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    model = model.to(device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+@torch.inference_mode()
+def featurize_frames(model: torch.nn.Module, frames_uint8: np.ndarray, views: Sequence[View],
+                     frame_cfg: FrameConfig, n_clips: int = 10, device: str | torch.device = "cpu", *,
+                     batch_clips: int | None = None, precision: str = "auto") -> np.ndarray:
+    """Features of one decoded sample: float32 ``(V, n_clips, D)`` (D = 1024 for I3D).
+
+    ``frames_uint8``: ``(T + 2*max|shift|, H, W, 3)`` as ``dataset.read_frames(sample, max_shift)`` gives.
+    ``model``: an eval-mode I3D already on ``device`` (e.g. ``load_i3d(..., device, fuse_bn=True)``).
+    """
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    bc = batch_clips or default_batch_clips(dev)
+    clips = torch.from_numpy(np.concatenate(list(clip_grid(frames_uint8, views, frame_cfg, n_clips))))
+    out = torch.cat([_forward(model, clips[i:i + bc], dev, prec) for i in range(0, len(clips), bc)])
+    return out.numpy().reshape(len(views), n_clips, -1)
+
+
+# ------------------------------------------------------------------------------------ decode stream
+class _ClipStream(torch.utils.data.IterableDataset):
+    """Yields, per video of ``items`` (split between workers), either
+    ``("clips", index, view_index, tensor (n_clips, 3, 16, S, S))`` for every view, or
+    ``("fail", index, error)``. Frames are decoded once per video."""
+
+    def __init__(self, dataset, items: Sequence[tuple[int, Any]], views: Sequence[View], frame_cfg: FrameConfig,
+                 n_clips: int, strict: bool, half: bool):
+        self.dataset, self.items, self.views = dataset, list(items), list(views)
+        self.cfg, self.n_clips, self.strict, self.half = frame_cfg, n_clips, strict, half
+        self.max_shift = max_shift_of(views)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        items = self.items if info is None else self.items[info.id::info.num_workers]
+        for index, sample in items:
+            try:
+                frames = self.dataset.read_frames(sample, max_shift=self.max_shift)
+                grid = list(clip_grid(frames, self.views, self.cfg, self.n_clips,
+                                      n_frames=frames.shape[0] - 2 * self.max_shift))
+            except Exception as e:      # DataError, decode errors from PIL/av: record and go on
+                if self.strict:
+                    raise
+                yield ("fail", index, f"{type(e).__name__}: {e}")
+                continue
+            del frames
+            for v, clips in enumerate(grid):
+                t = torch.from_numpy(clips)
+                yield ("clips", index, v, t.half() if self.half else t)
+
+
+# ---------------------------------------------------------------------------------------- the run
+@dataclass
+class ExtractResult:
+    path: Path
+    n_videos: int = 0           # videos in the run (after max_videos)
+    n_done_now: int = 0         # finished by this process in this call
+    n_skipped: int = 0          # already finished by an earlier (interrupted) run
+    n_failed: int = 0           # failed in this process in this call
+    n_clips: int = 0            # clips run through the network by this process
+    seconds: float = 0.0        # wall time of the extraction loop (decode included)
+    already_complete: bool = False
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def videos_per_s(self) -> float:
+        return (self.n_done_now + self.n_failed) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.n_clips / self.seconds if self.seconds > 0 else 0.0
+
+
+def video_list_sha256(video_ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(video_ids).encode("utf-8")).hexdigest()
+
+
+def _sample_record(index: int, s, feats: np.ndarray) -> cstore.VideoRecord:
+    return cstore.VideoRecord(index, s.video_id, feats, float(s.score),
+                              None if s.difficulty is None else float(s.difficulty), str(s.split), str(s.cls),
+                              dict(s.folds), dict(s.extra))
+
+
+def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View], frame_cfg: FrameConfig,
+                   n_clips: int = 10, weights: str | os.PathLike = "kinetics400", device: str = "auto",
+                   batch_clips: int | None = None, workers: int | None = None, strict: bool = False,
+                   max_videos: int | None = None, overwrite: bool = False, precision: str = "auto",
+                   part_every: int = 8, dataset_options: Mapping[str, Any] | None = None,
+                   progress: bool = True) -> ExtractResult:
+    """`extract_dataset` returning an `ExtractResult` (counts and rates) instead of the path."""
+    from .weights import load_i3d, weights_sha256
+
+    out = Path(out_path)
+    views = list(views)
+    if not views:
+        raise ValueError("no views to extract")
+    if len({v.name for v in views}) != len(views):
+        raise ValueError(f"view names must be unique: {[v.name for v in views]}")
+    info = dist.dist_info()
+    dev = dist.rank_device(resolve_device(device), info)
+    info, started = dist.init(dev, info)
+    try:
+        prec = resolve_precision(precision, dev)
+        samples = dataset.samples()
+        if max_videos is not None:
+            samples = samples[:max_videos]
+        n = len(samples)
+        t_frames = int(dataset.n_frames)
+        starts = clip_starts(t_frames, n_clips, CLIP_LEN)
+        sha = weights_sha256(weights)
+        identity = {
+            "schema_version": cstore.SCHEMA_VERSION, "dataset": dataset.name,
+            "dataset_options": dict(dataset_options or {}), "backbone": BACKBONE,
+            "weights_source": str(weights), "weights_sha256": sha, "normalization": frame_cfg.norm,
+            "clip_rule": {"T": t_frames, "n_clips": n_clips, "clip_len": CLIP_LEN, "starts": starts},
+            "frame_config": frame_cfg.to_dict(), "views": [v.to_dict() for v in views],
+            "n_videos": n, "video_list_sha256": video_list_sha256([s.video_id for s in samples]),
+        }
+        attrs = {**identity, "dataset_root": str(getattr(dataset, "root", "")), "precision": prec,
+                 "device": dev.type, "code_version": cstore.code_version()}
+        res = ExtractResult(out, n_videos=n, rank=info.rank, world_size=info.world_size, device=str(dev),
+                            precision=prec)
+
+        if not overwrite:      # every rank checks, so that every rank raises the same error
+            if cstore.final_status(out, identity) == "complete":
+                if info.is_main:
+                    import shutil
+                    shutil.rmtree(cstore.parts_dir(out), ignore_errors=True)   # killed after the merge
+                log.info("%s is already complete with these settings: nothing to do", out)
+                res.already_complete = True
+                return res
+            cstore.scan_parts(out, identity, cleanup=False)
+        if info.is_main:
+            if overwrite:
+                cstore.clear_outputs(out)
+            else:
+                removed = cstore.remove_stale_tmp(out) + cstore.scan_parts(out, identity, cleanup=True).removed
+                if removed:
+                    log.info("removed leftovers of an interrupted run: %s", ", ".join(removed))
+        dist.barrier(info)
+        state = cstore.scan_parts(out, identity, cleanup=False)
+        todo = [i for i in range(n) if i not in state.done]
+        mine = dist.shard(todo, info)
+        res.n_skipped = n - len(todo)
+        if res.n_skipped and info.is_main:
+            log.info("resuming: %d of %d videos already done in %s", res.n_skipped, n, cstore.parts_dir(out))
+
+        model = load_i3d(weights, device="cpu", fuse_bn=dev.type == "cpu")
+        model = prepare_model(model, dev)
+        feat_dim = int(getattr(model, "feature_dim", 1024))
+        writer = cstore.PartWriter(out, attrs, (len(views), n_clips, feat_dim), rank=info.rank, every=part_every)
+        _loop(model, dataset, [(i, samples[i]) for i in mine], views, frame_cfg, n_clips, dev, prec,
+              batch_clips or default_batch_clips(dev),
+              default_workers(dev) if workers is None else workers, strict, writer, res,
+              progress and info.is_main)
+        writer.close()
+        del model
+        dist.barrier(info)
+        if info.is_main:
+            st = cstore.scan_parts(out, identity, cleanup=False)
+            if not st.done and st.failed:
+                first = next(iter(st.failed.values()))
+                raise RuntimeError(
+                    f"all {len(st.failed)} videos failed, nothing was written to {out}; first error: "
+                    f"{first.video_id}: {first.error}")
+            cstore.merge_parts(out, extra_attrs={"created": cstore.now_iso()})
+            log.info("wrote %s: %d videos, %d failed", out, len(st.done), len(st.failed))
+        dist.barrier(info)
+        return res
+    finally:
+        dist.finalize(started)
+
+
+def extract_dataset(dataset, out_path: str | os.PathLike, *, views: Sequence[View], frame_cfg: FrameConfig,
+                    n_clips: int = 10, weights: str | os.PathLike = "kinetics400", device: str = "auto",
+                    batch_clips: int | None = None, workers: int | None = None, strict: bool = False,
+                    max_videos: int | None = None, **kwargs) -> Path:
+    """Extract ``(V, n_clips, 1024)`` features of every sample of ``dataset`` into ``out_path``; returns it.
+
+    ``weights``: "kinetics400" | "random" | a state-dict path (``extract.weights.load_i3d``).
+    ``device``: "auto" | "cpu" | "cuda" (under torchrun: ``cuda:LOCAL_RANK``). ``batch_clips``: clips per
+    forward (default 128 on CUDA, 16 on CPU). ``workers``: DataLoader decode workers (default 0 on CPU,
+    up to 8 on CUDA). ``strict``: re-raise the first failing video instead of recording it.
+    ``max_videos``: only the first N samples. Keyword extras: ``overwrite``, ``precision``
+    ("auto"|"bf16"|"fp16"|"fp32", CUDA only), ``part_every`` (videos per part file),
+    ``dataset_options`` (recorded in the attrs), ``progress``.
+    """
+    return run_extraction(dataset, out_path, views=views, frame_cfg=frame_cfg, n_clips=n_clips, weights=weights,
+                          device=device, batch_clips=batch_clips, workers=workers, strict=strict,
+                          max_videos=max_videos, **kwargs).path
+
+
+def _loop(model, dataset, items, views, frame_cfg, n_clips, dev, prec, batch_clips, workers, strict,
+          writer: cstore.PartWriter, res: ExtractResult, show: bool) -> None:
+    """Decode (workers) -> batch clips across videos -> forward -> per-video records -> part files."""
+    n_views = len(views)
+    per_video = n_views * n_clips
+    samples = dict(items)
+    stream = _ClipStream(dataset, items, views, frame_cfg, n_clips, strict, half=dev.type == "cuda" and prec in _AMP)
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
+        prefetch_factor=2 if workers > 0 else None, persistent_workers=False)
+    slots: dict[int, np.ndarray] = {}
+    left: dict[int, int] = {}
+    pending: list[tuple[int, int, int, torch.Tensor]] = []   # (index, view, first clip, clips)
+    n_pending = 0
+    bar = tqdm(total=len(items), unit="video", disable=not show, dynamic_ncols=True, desc="extract")
+    t0 = time.perf_counter()
+
+    def finish(index: int) -> None:
+        writer.add(_sample_record(index, samples[index], slots.pop(index)))
+        del left[index]
+        res.n_done_now += 1
+        bar.update(1)
+
+    def run(take: int) -> None:
+        nonlocal n_pending
+        chunks, where, got = [], [], 0
+        while got < take:
+            idx, v, c0, t = pending[0]
+            k = min(len(t), take - got)
+            chunks.append(t[:k])
+            where.append((idx, v, c0, k))
+            if k == len(t):
+                pending.pop(0)
+            else:
+                pending[0] = (idx, v, c0 + k, t[k:])
+            got += k
+        feats = _forward(model, torch.cat(chunks) if len(chunks) > 1 else chunks[0], dev, prec).numpy()
+        n_pending -= got
+        res.n_clips += got
+        o = 0
+        for idx, v, c0, k in where:
+            slots[idx][v, c0:c0 + k] = feats[o:o + k]
+            o += k
+            left[idx] -= k
+            if left[idx] == 0:
+                finish(idx)
+        el = time.perf_counter() - t0
+        bar.set_postfix_str(f"{res.n_clips / el:.1f} clips/s, failed {res.n_failed}", refresh=False)
+
+    with torch.inference_mode():
+        for item in loader:
+            if item[0] == "fail":
+                _, idx, err = item
+                vid = samples[idx].video_id
+                log.warning("%s failed: %s", vid, err)
+                writer.add_failure(cstore.FailureRecord(idx, vid, err))
+                res.n_failed += 1
+                res.failures.append((vid, err))
+                bar.update(1)
+                continue
+            _, idx, v, clips = item
+            if idx not in slots:
+                slots[idx] = np.empty((n_views, n_clips, int(getattr(model, "feature_dim", 1024))), np.float32)
+                left[idx] = per_video
+            pending.append((idx, v, 0, clips))
+            n_pending += len(clips)
+            while n_pending >= batch_clips:
+                run(batch_clips)
+        if n_pending:
+            run(n_pending)
+    res.seconds = time.perf_counter() - t0
+    bar.close()
+    if res.n_failed:
+        log.warning("%d of %d videos failed (recorded in the cache's failed_id/failed_error)",
+                    res.n_failed, len(items))
