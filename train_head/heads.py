@@ -101,7 +101,9 @@ class Head(nn.Module):
                              f"got {tuple(f_e.shape)} and {tuple(t_e.shape)}")
         if mask is None:
             mask = torch.ones(t_e.shape, dtype=torch.bool, device=t_e.device)
-        mask = mask.to(torch.bool)
+        mask = torch.as_tensor(mask, device=t_e.device).to(torch.bool)
+        if mask.shape != t_e.shape:
+            raise ValueError(f"pairwise head: mask has shape {tuple(mask.shape)}, expected {tuple(t_e.shape)}")
         empty = ~mask.any(dim=1)
         if empty.any():
             raise ValueError(f"pairwise head: {int(empty.sum())} queries have no valid voter in mask")
@@ -192,7 +194,8 @@ class CoReHead(Head):
     restored from the state dict; ``groups=None`` leaves it NaN until ``load_state_dict`` fills it.
     loss (mean over both pair directions): NLL of the true leaf + squared error of that leaf's regression
     against the in-leaf position (labels from ``leaf_labels``; deltas beyond theta are clamped and
-    counted in ``stats["n_clamped"]``). predict: most probable leaf k, relative = a_k + (b_k - a_k) * r_k,
+    counted in ``stats["n_clamped"]``, which counts both directions, so one such pair counts 2).
+    stats: loss, nll, mse (on the in-leaf position scale), leaf_acc (argmax leaf == true leaf), n_clamped. predict: most probable leaf k, relative = a_k + (b_k - a_k) * r_k,
     per voter ``t_e + relative``, mean over valid voters.
     """
     pairwise = True
