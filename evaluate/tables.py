@@ -71,13 +71,16 @@ class Run:
     fold: str | None
     head: str
     seed: int | str
+    protocol: str | None = None   # cross-validation protocol (JIGSAWS "4fold", "loso", "louo")
     _pred: pd.DataFrame | None = field(default=None, repr=False)
     _pred_loaded: bool = field(default=False, repr=False)
 
     @property
     def label(self) -> str:
         """class-or-fold label: the class, or "<task> fold <k>" for cross-validation."""
-        return self.cls if self.fold in (None, "") else f"{self.cls} fold {self.fold}"
+        if self.fold in (None, ""):
+            return self.cls
+        return f"{self.cls} {self.protocol} fold {self.fold}" if self.protocol else f"{self.cls} fold {self.fold}"
 
     def predictions(self) -> pd.DataFrame | None:
         if not self._pred_loaded:
@@ -165,7 +168,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple
             runs.append(Run(path=d, summary=s, config=cfg, experiment=_experiment(d, root, dataset),
                             dataset=dataset, cls=str(s.get("cls") or dataset),
                             fold=None if fold in (None, "") else str(fold), head=str(s["head"]),
-                            seed=s.get("seed", d.name)))
+                            seed=s.get("seed", d.name), protocol=s.get("protocol") or None))
     # the same folder reached from two given paths counts once
     seen, unique = set(), []
     for r in runs:
@@ -203,7 +206,7 @@ class _Cell:
     item: tuple | None    # (true [N], pred [S, N]) aligned over seeds, or None
     n_test: int
     notes: list
-    cls_fold: tuple = (None, None)   # (class or task, fold) of the runs, for the average rows
+    cls_fold: tuple = (None, None, None)   # (class or task, fold, protocol) of the runs, for the averages
 
 
 def _cell(runs: list[Run], skey: str, pcol: str | None) -> _Cell:
@@ -293,7 +296,7 @@ def _average_row(exp, dataset, label, head, proto, members: list[tuple[str, _Cel
 
 def _cls_order(dataset: str, label: str) -> tuple:
     order = AQA7_CLASSES if dataset == "aqa7" else JIGSAWS_TASKS if dataset == "jigsaws" else ()
-    base = label.split(" fold ")[0].split(" avg")[0]
+    base = label.split(" ")[0]          # class/task names carry no spaces
     if label.startswith("avg"):
         return (2, 0, 0, label)
     known = base in order
@@ -326,15 +329,16 @@ def build_table(runs: Iterable[Run], *, n_boot: int = 1000, seed: int = 0,
             rows.append(_row(exp, dataset, label, head, proto, _mean(list(c.rhos.values())),
                              _std(list(c.rhos.values())), ci, _mean(c.l2s), _mean(c.rl2s), len(members),
                              c.n_test, notes))
-            c.cls_fold = (members[0].cls, members[0].fold)
+            c.cls_fold = (members[0].cls, members[0].fold, members[0].protocol)
             cells[(exp, dataset, label, head, proto)] = c
 
     # averages: AQA-7 over its classes; JIGSAWS per task over folds, then over everything
     by_model: dict[tuple, list[tuple[str, _Cell]]] = {}
     for (exp, dataset, label, head, proto), c in cells.items():
         if dataset in ("aqa7", "jigsaws"):
-            by_model.setdefault((exp, dataset, head, proto), []).append((label, c))
-    for (exp, dataset, head, proto), members in by_model.items():
+            by_model.setdefault((exp, dataset, head, proto, c.cls_fold[2]), []).append((label, c))
+    for (exp, dataset, head, proto, cv), members in by_model.items():
+        cv_txt = f"{cv} " if cv else ""
         if dataset == "aqa7":
             members = [m for m in members if m[1].cls_fold[0] in AQA7_CLASSES]
             if len(members) >= 2:
@@ -346,11 +350,11 @@ def build_table(runs: Iterable[Run], *, n_boot: int = 1000, seed: int = 0,
                 tasks.setdefault(m[1].cls_fold[0], []).append(m)
             for task, tm in tasks.items():
                 if len(tm) >= 2:
-                    rows.append(_average_row(exp, dataset, f"{task} avg (Fisher z, {len(tm)} folds)", head,
+                    rows.append(_average_row(exp, dataset, f"{task} avg (Fisher z, {len(tm)} {cv_txt}folds)", head,
                                              proto, tm, n_boot=n_boot, seed=seed))
             if len(tasks) >= 2:
                 folds = sorted({len(tm) for tm in tasks.values()})
-                what = f"{len(tasks)} tasks" + (f" x {folds[0]} folds" if folds[0] > 1 and len(folds) == 1 else "")
+                what = f"{len(tasks)} tasks" + (f" x {folds[0]} {cv_txt}folds" if folds[0] > 1 and len(folds) == 1 else "")
                 rows.append(_average_row(exp, dataset, f"avg (Fisher z, {what})", head, proto, members,
                                          n_boot=n_boot, seed=seed))
 
