@@ -116,10 +116,12 @@ def report(runs_root, csv, no_plots, latex, no_reference, n_boot, boot_seed):
     if not no_plots:
         runs, _ = tables.find_runs([runs_root])
         n = 0
+        click.echo("\nPlots:")
         for r in runs:
-            n += len(plot_run(r.path))
-        click.echo(f"wrote {n} plots into {len(runs)} run folders under {runs_root} "
-                   "(scatter.png, curves.png, leaves.png in each)")
+            made = plot_run(r.path)
+            n += len(made)
+            click.echo(f"  {r.path}/: {' '.join(p.name for p in made)}")
+        click.echo(f"wrote {n} plots into {len(runs)} run folders under {runs_root}")
 
 
 @cli.command()

@@ -57,7 +57,8 @@ COLUMNS = ["experiment", "dataset", "class/fold", "head", "protocol", "rho", "rh
 # markers of a run folder that has started but has no summary yet
 _RUN_MARKERS = ("config.json", "metrics.csv", "checkpoint.pt")
 # config keys that legitimately differ between the seeds of one experiment
-_SEED_KEYS = ("seed", "dir", "path", "out", "time", "created", "commit", "version", "host")
+_SEED_KEYS = ("seed", "dir", "path", "out", "time", "created", "commit", "version", "host", "git", "device",
+              "resumed")
 
 
 @dataclass
@@ -167,7 +168,9 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple
             fold = s.get("fold")
             runs.append(Run(path=d, summary=s, config=cfg, experiment=_experiment(d, root, dataset),
                             dataset=dataset, cls=str(s.get("cls") or dataset),
-                            fold=None if fold in (None, "") else str(fold), head=str(s["head"]),
+                            fold=None if fold in (None, "") else str(fold),
+                            # a sweep's tag is part of the model's name (the trainer's `<head>+<tag>` folder)
+                            head=str(s["head"]) + (f"+{s['tag']}" if s.get("tag") else ""),
                             seed=s.get("seed", d.name), protocol=s.get("protocol") or None))
     # the same folder reached from two given paths counts once
     seen, unique = set(), []

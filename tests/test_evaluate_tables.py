@@ -157,6 +157,14 @@ def test_experiments_are_not_pooled(tmp_path):
     df, _ = results_table([tmp_path / "r"], n_boot=20)
     sel = df[df["protocol"] == SEL]
     assert sorted(sel["experiment"]) == ["lr1", "lr2"] and sorted(sel["rho"]) == [0.1, 0.9]
+    # sweep tags (the trainer's <head>+<tag> folders) are different models, not more seeds
+    for tag, rho in (("a", 0.2), ("b", 0.3)):
+        d = write_run(tmp_path / "t" / "aqa7" / "diving" / f"core+{tag}" / "seed0", rho=rho)
+        s = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**s, "tag": tag}))
+    df, _ = results_table([tmp_path / "t"], n_boot=20)
+    sel = df[df["protocol"] == SEL]
+    assert sorted(zip(sel["head"], sel["rho"])) == [("core+a", 0.2), ("core+b", 0.3)]
 
 
 def test_cli_table_writes_csv_latex_and_keeps_reference_apart(runs, tmp_path):
