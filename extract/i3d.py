@@ -157,11 +157,8 @@ class Unit3D(nn.Module):
         new_b = (bn.bias.double() - bn.running_mean.double() * inv_std).to(w.dtype)
         if self.conv.bias is not None:  # not the case in I3D, but keep it correct
             new_b = new_b + (self.conv.bias.double() * inv_std).to(w.dtype)
-        conv = nn.Conv3d(self.conv.in_channels, self.conv.out_channels, self.kernel, self.stride, bias=True)
-        conv = conv.to(device=w.device, dtype=w.dtype)
-        conv.weight.copy_(new_w)
-        conv.bias.copy_(new_b)
-        self.conv = conv
+        self.conv.weight.copy_(new_w)
+        self.conv.bias = nn.Parameter(new_b)
         self.bn = None
 
 
@@ -232,6 +229,21 @@ class I3D(nn.Module):
         self.dropout = nn.Dropout(1.0 - dropout_keep_prob)
         self.Logits = Unit3D(cin, num_classes, batch_norm=False, relu=False, bias=True)
         self.bn_fused = False
+
+    @classmethod
+    def empty(cls, num_classes: int = 400) -> "I3D":
+        """An I3D with uninitialised CPU tensors (skips the default init), to be filled by load_state_dict."""
+        with torch.device("meta"):
+            model = cls(num_classes)
+        return model.to_empty(device="cpu")
+
+    @staticmethod
+    def unit_names() -> list[str]:
+        """Names of all conv units (Unit3D) in state-dict order, e.g. 'Conv3d_1a_7x7', 'Mixed_3b.b1a', 'Logits'."""
+        names = ["Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3"]
+        for block in INCEPTION_CHANNELS:
+            names += [f"{block}.{b}" for b in ("b0", "b1a", "b1b", "b2a", "b2b", "b3b")]
+        return names + ["Logits"]
 
     def mixed_5c(self, x: torch.Tensor) -> torch.Tensor:
         """The Mixed_5c feature map [N, 1024, T/8, H/32, W/32] (sizes rounded up)."""

