@@ -251,6 +251,31 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+def _same_config(run_dir: Path, cfg: RunConfig, data: CacheData, dataset: str) -> bool:
+    """Does run_dir/config.json hold the same RunConfig (dataset filled in) as `cfg`?"""
+    try:
+        old = config_from_dict(json.loads((run_dir / "config.json").read_text())).to_dict()
+    except (OSError, ValueError, TypeError):
+        return False
+    return old == {**cfg.to_dict(), "dataset": dataset}
+
+
+class _OncePerMessage(logging.Filter):
+    """Lets each distinct message through once (train_pairs warns about the same dropped queries every
+    epoch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg in self.seen:
+            return False
+        self.seen.add(msg)
+        return True
+
+
 def is_complete(run_dir: Path) -> bool:
     """True when `run_dir/summary.json` exists and says complete."""
     p = Path(run_dir) / "summary.json"
@@ -331,6 +356,9 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
         (tests use it to check resume).
     force: retrain even if the folder holds a complete run (its files are deleted first).
     """
+    if cfg.cls == "all" or cfg.fold == "all":
+        raise TrainError("cls/fold 'all' names several runs: expand them with train_head.sweep.expand_units "
+                         "(the CLI does this for --class all / --fold all)")
     if cfg.head not in HEADS:
         raise ConfigError(f"unknown head {cfg.head!r}; heads: {sorted(HEADS)}")
     head_cls = HEADS[cfg.head]
@@ -345,6 +373,9 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
     run_dir = cfg.run_dir(dataset)
 
     if is_complete(run_dir) and not force:
+        if not _same_config(run_dir, cfg, data, dataset):
+            raise TrainError(f"{run_dir} holds a complete run of a different config (config.json differs); "
+                             "rerun with --force to replace it, or change --out")
         log.info("%s is complete; skipping (use --force to retrain)", run_dir)
         return run_dir
     if force and run_dir.exists():
@@ -358,14 +389,10 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
     record = config_record(cfg, data.attrs, dataset)
     resume = ckpt_path.is_file()
     if resume:
-        try:
-            old = json.loads(cfg_path.read_text())
-            same = config_from_dict(old).to_dict() == config_from_dict(record).to_dict()
-        except (OSError, ValueError, TypeError):
-            old, same = None, False
-        if not same:
+        if not _same_config(run_dir, cfg, data, dataset):
             raise TrainError(f"{run_dir} holds a checkpoint of a different config (config.json differs); "
                              "rerun with --force to start over, or change --out")
+        old = json.loads(cfg_path.read_text())
         if old.get("git_commit") != record["git_commit"]:
             old.setdefault("resumed_git_commits", []).append(record["git_commit"])
             _atomic_write_text(cfg_path, dump_json(old))
@@ -376,10 +403,13 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    pairs_log, once = logging.getLogger("train_head.pairs"), _OncePerMessage()
+    pairs_log.addFilter(once)
     try:
         return _train(cfg, head_cls, data, dataset, run_dir, resume, on_epoch_end, progress, t_start)
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        pairs_log.removeFilter(once)
 
 
 def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: bool, on_epoch_end,

@@ -1,0 +1,108 @@
+"""Benchmark stage two on a cache the size of MTL-AQA.
+
+    .venv/bin/python bench/bench_train_head.py                 # default core_dd schedule, 200 epochs
+    .venv/bin/python bench/bench_train_head.py --epochs 20 --head core
+
+The cache (1412 videos x 15 views (1 test + 7 end-frame shifts x 2 flips) x 10 clips x 1024, random
+float16 features, about 430 MB) carries the real MTL-AQA final scores, difficulties and train/test
+split, read from the annotation pickles shipped in data/meta/ (restricted unpickler). It is written
+once to artifacts/bench/mtl_aqa_random.h5 and reused. The features are random, so the printed rho
+means nothing; the timings are the point. Target: the whole default core_dd run (200 epochs,
+validation and test every epoch with 10 voters, final test inference) under 150 s on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and not __package__:
+    # Run as a file (`python bench/bench_train_head.py`, what `make bench` does): re-run as a module
+    # from the repository root so the project's packages import without editing sys.path.
+    os.chdir(ROOT)
+    os.execv(sys.executable, [sys.executable, "-m", "bench.bench_train_head", *sys.argv[1:]])
+
+import numpy as np  # noqa: E402
+
+from cache import VideoRecord, write_cache  # noqa: E402
+from data.safe_pickle import restricted_load  # noqa: E402
+META_DIRS = (ROOT / "data" / "meta" / "mtl_aqa", ROOT / "data" / "meta")
+CACHE = ROOT / "artifacts" / "bench" / "mtl_aqa_random.h5"
+
+
+def _meta(name: str) -> Path:
+    for d in META_DIRS:
+        if (d / name).is_file():
+            return d / name
+    raise SystemExit(f"{name} not found in {[str(d) for d in META_DIRS]}")
+
+
+def mtl_aqa_labels():
+    """[(video_id, score, difficulty, split)] of the 1412 MTL-AQA samples."""
+    anno = restricted_load(_meta("final_annotations_dict_with_dive_number.pkl"))
+    out = []
+    for split, fname in (("train", "train_split_0.pkl"), ("test", "test_split_0.pkl")):
+        for key in restricted_load(_meta(fname)):
+            a = anno[tuple(key)]
+            out.append((f"{int(key[0]):02d}_{int(key[1]):02d}", float(a["final_score"]), float(a["difficulty"]),
+                        split))
+    return out
+
+
+def make_cache(path: Path, n_views: int = 15, n_clips: int = 10, dim: int = 1024, seed: int = 0) -> Path:
+    labels = mtl_aqa_labels()
+    rng = np.random.default_rng(seed)
+    views = [{"name": "test", "shift": 0, "flip": False, "crop": "center", "role": "test"}]
+    views += [{"name": f"s{s:+d}{'_flip' if f else ''}", "shift": s, "flip": f, "crop": "random", "role": "train"}
+              for s in range(-3, 4) for f in (False, True)][: n_views - 1]
+    recs = [VideoRecord(i, vid, rng.standard_normal((n_views, n_clips, dim), dtype=np.float32).astype(np.float16),
+                        score, diff, split, "mtl_aqa")
+            for i, (vid, score, diff, split) in enumerate(labels)]
+    attrs = {"dataset": "mtl_aqa", "backbone": "i3d", "weights_source": "random", "weights_sha256": "random",
+             "normalization": "imagenet", "clip_rule": {"T": 103, "n_clips": n_clips, "clip_len": 16},
+             "frame_config": {}, "views": views, "code_version": "bench"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_cache(path, recs, [], attrs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--head", default="core_dd")
+    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rebuild", action="store_true", help="rewrite the fake cache")
+    args = ap.parse_args()
+
+    import torch
+
+    from train_head.config import resolve_config
+    from train_head.presets import default_preset
+    from train_head.trainer import load_cache_data, train
+
+    if args.rebuild or not CACHE.is_file():
+        t = time.perf_counter()
+        make_cache(CACHE)
+        print(f"wrote {CACHE} ({CACHE.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s")
+    out = ROOT / "artifacts" / "bench" / "runs"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    load_cache_data(CACHE, "mtl_aqa")
+    t_load = time.perf_counter() - t0
+    cfg = resolve_config(default_preset("mtl_aqa", args.head), cache=str(CACHE), head=args.head,
+                         epochs=args.epochs, device=args.device, out=str(out))
+    t1 = time.perf_counter()
+    run = train(cfg, progress=False)
+    t_train = time.perf_counter() - t1
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    print(f"cache load + mean over clips: {t_load:.1f} s")
+    print(f"train {args.head}, {args.epochs} epochs (val+test every epoch, {cfg.voters} voters, batch "
+          f"{cfg.batch_size}): {t_train:.1f} s  ({t_train / args.epochs * 1000:.0f} ms/epoch)")
+    print(f"total (load + train): {t_load + t_train:.1f} s   run folder: {run}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Many runs from one command: units (classes, folds), seeds and hyper-parameter grids.
+
+    python -m train_head sweep --cache artifacts/features/synthetic.h5 \
+        --grid head=core,mlp depth=3,5 voters=5,10 seeds=0,1 --jobs 2 --out artifacts/runs
+
+Folder of a grid point: the usual `<out>/<dataset>/<cls-or-fold>/<head>/seed<k>/`, where the head level
+becomes `<head>+<key>=<value>+...` for every grid key (other than head, seed, cls, fold) whose value
+differs from the base config (defaults <- preset <- --set). A grid point equal to the base config
+therefore shares the plain `<head>` folder with `python -m train_head train`, and is skipped when that
+run is complete. Example: `core+depth=3+voters=5/seed1`.
+
+Units: `cls="all"` expands to every class (task) in the cache; a cross-validation protocol with
+`fold="all"` (or no fold) expands to every fold of that protocol in the cache.
+
+Execution: `jobs=1` runs in this process; `jobs>1` uses joblib's loky process pool (each worker keeps
+the last cache it read in memory); `scheduler="tcp://host:8786"` sends the runs to a dask.distributed
+cluster through joblib's dask backend (optional: `pip install -r requirements-dask.txt`). A failing run
+is logged and reported; the other runs go on. Complete runs are skipped unless `force`.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import traceback
+from typing import Any, Iterable, Mapping, Sequence
+
+from train_head.config import FIELDS, ConfigError, RunConfig, config_from_dict, resolve_config
+
+log = logging.getLogger(__name__)
+
+# grid/CLI key aliases -> RunConfig field
+ALIASES = {"seeds": "seed", "class": "cls", "classes": "cls", "heads": "head", "folds": "fold",
+           "batch-size": "batch_size", "lr": "lr"}
+# keys that have their own folder level, so they never go into the tag
+_OWN_LEVEL = ("head", "seed", "cls", "fold", "protocol", "out", "cache", "dataset", "device", "tag")
+
+
+def parse_grid(items: Iterable[str]) -> dict[str, list[str]]:
+    """`["head=core,mlp", "depth=3,5", "seeds=0,1"]` -> {"head": [...], "depth": [...], "seed": [...]}."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        for part in item.split():
+            if "=" not in part:
+                raise ConfigError(f"grid entry {part!r} is not key=v1,v2,...")
+            key, values = part.split("=", 1)
+            key = ALIASES.get(key.strip(), key.strip().replace("-", "_"))
+            if key not in FIELDS:
+                raise ConfigError(f"grid: unknown config key {key!r}; valid keys: {', '.join(FIELDS)} "
+                                  "(and 'seeds')")
+            vals = [v.strip() for v in values.split(",") if v.strip()]
+            if not vals:
+                raise ConfigError(f"grid: no values for {key!r}")
+            if key in grid:
+                raise ConfigError(f"grid: key {key!r} given twice")
+            grid[key] = vals
+    return grid
+
+
+def expand_grid(grid: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
+    """Cartesian product in the order given (last key varies fastest)."""
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def _tag(base: RunConfig, cfg: RunConfig, keys: Iterable[str]) -> str:
+    parts = []
+    for k in keys:
+        if k in _OWN_LEVEL:
+            continue
+        v = getattr(cfg, k)
+        if v != getattr(base, k):
+            parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    tag = "+".join(parts)
+    if "/" in tag:
+        raise ConfigError(f"grid values become folder names and must not contain '/': {tag!r}")
+    return tag
+
+
+def expand_units(cfg: RunConfig, data=None) -> list[RunConfig]:
+    """One config per unit: `cls="all"` -> every class of the cache; with a protocol, `fold` None or
+    "all" -> every fold of that protocol (per class). Needs the cache's labels (`data`, CacheData; read
+    from cfg.cache when None and a unit must be expanded)."""
+    want_cls = cfg.cls == "all"
+    want_fold = cfg.protocol is not None and cfg.fold in (None, "all")
+    if not (want_cls or want_fold):
+        return [cfg]
+    if data is None:
+        from train_head.trainer import load_cache_data
+        data = load_cache_data(cfg.cache, cfg.dataset)
+    import numpy as np
+
+    classes = sorted(set(data.cls.tolist())) if want_cls else [cfg.cls]
+    out = []
+    for c in classes:
+        if not want_fold:
+            out.append(cfg.replace(cls=c))
+            continue
+        keep = np.ones(len(data.cls), bool) if c is None else data.cls == c
+        folds = sorted({str(f.get(cfg.protocol)) for f, k in zip(data.folds, keep) if k and cfg.protocol in f},
+                       key=lambda s: (len(s), s))
+        if not folds:
+            raise ConfigError(f"{cfg.cache}: no fold of protocol {cfg.protocol!r} for class {c!r}")
+        out.extend(cfg.replace(cls=c, fold=f) for f in folds)
+    return out
+
+
+def plan_runs(preset: str | None, overrides: Mapping[str, Any], grid: Mapping[str, Sequence[str]] | None = None,
+              data=None) -> list[RunConfig]:
+    """All run configs of a command: base = resolve_config(preset, **overrides); each grid point
+    overrides the base (tagged, see module docstring); then units are expanded."""
+    base = resolve_config(preset, **overrides)
+    points = expand_grid(grid) if grid else [{}]
+    cfgs: list[RunConfig] = []
+    for point in points:
+        cfg = resolve_config(preset, **{**overrides, **point})
+        tag = _tag(base, cfg, point.keys())
+        if tag:
+            cfg = cfg.replace(tag=tag)
+        cfgs.extend(expand_units(cfg, data))
+    seen, unique = set(), []
+    for c in cfgs:                      # identical points (e.g. a grid value equal to the base) run once
+        key = tuple(sorted(c.to_dict().items()))
+        if key not in seen:
+            seen.add(key)
+            unique.append(c)
+    return unique
+
+
+def _run_one(cfg_dict: dict[str, Any], force: bool) -> dict[str, Any]:
+    """Worker entry point (module level so process pools can pickle it by name)."""
+    import json
+
+    from train_head.trainer import is_complete, train
+
+    cfg = config_from_dict(cfg_dict)
+    try:
+        from train_head.trainer import load_cache_data
+        dataset = cfg.dataset or str(load_cache_data(cfg.cache, cfg.dataset).attrs.get("dataset"))
+        was_complete = is_complete(cfg.run_dir(dataset)) and not force
+        run_dir = train(cfg, force=force, progress=False)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return {"run_dir": str(run_dir), "status": "skipped" if was_complete else "done",
+                "selected_rho": summary["selected"]["rho"], "final_rho": summary["final"]["rho"],
+                "selected_epoch": summary["selected_epoch"], "error": ""}
+    except Exception as exc:  # one failing run must not stop a sweep; it is reported below
+        log.error("run %s failed: %s", cfg.run_dir(cfg.dataset or "?"), exc)
+        return {"run_dir": str(cfg.run_dir(cfg.dataset or "?")), "status": "failed", "selected_rho": None,
+                "final_rho": None, "selected_epoch": None,
+                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
+
+
+def run_many(cfgs: Sequence[RunConfig], *, jobs: int = 1, scheduler: str | None = None,
+             force: bool = False) -> list[dict[str, Any]]:
+    """Run every config; returns one result dict per config (run_dir, status, selected/final rho, error)."""
+    payload = [c.to_dict() for c in cfgs]
+    if scheduler:
+        return _run_dask(payload, scheduler, force)
+    if jobs == 1 or len(payload) <= 1:
+        if len(payload) == 1:
+            from train_head.trainer import train  # progress bar for a single in-process run
+            cfg = cfgs[0]
+            return [_run_single_verbose(cfg, force, train)]
+        return [_run_one(p, force) for p in payload]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=jobs, backend="loky")(delayed(_run_one)(p, force) for p in payload)
+
+
+def _run_single_verbose(cfg: RunConfig, force: bool, train) -> dict[str, Any]:
+    import json
+
+    from train_head.trainer import is_complete, load_cache_data
+
+    dataset = cfg.dataset or str(load_cache_data(cfg.cache, cfg.dataset).attrs.get("dataset"))
+    was_complete = is_complete(cfg.run_dir(dataset)) and not force
+    run_dir = train(cfg, force=force, progress=True)
+    s = json.loads((run_dir / "summary.json").read_text())
+    return {"run_dir": str(run_dir), "status": "skipped" if was_complete else "done",
+            "selected_rho": s["selected"]["rho"], "final_rho": s["final"]["rho"],
+            "selected_epoch": s["selected_epoch"], "error": ""}
+
+
+def _run_dask(payload: list[dict], scheduler: str, force: bool) -> list[dict[str, Any]]:
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ConfigError("--scheduler needs dask.distributed, which is not installed: "
+                          "pip install -r requirements-dask.txt") from None
+    from joblib import Parallel, delayed, parallel_config
+
+    with Client(scheduler) as client:
+        log.info("sending %d runs to %s (%d workers)", len(payload), scheduler,
+                 len(client.scheduler_info().get("workers", {})))
+        with parallel_config(backend="dask"):
+            return Parallel(n_jobs=-1)(delayed(_run_one)(p, force) for p in payload)
