@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -76,8 +77,8 @@ def plot_scatter(run: Path, summary: dict | None = None) -> Path | None:
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="identity")
     ax.set_xlabel("true score")
     ax.set_ylabel("predicted score")
-    ax.set_title(f"{_title(run, summary)}\nrho = {_fmt(spearman(pred, true))} (n = {len(df)})", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"{_title(run, summary)}\nval-selected model: rho = {_fmt(spearman(pred, true))} (n = {len(df)} test videos)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     ax.set_aspect("equal", adjustable="datalim")
     out = run / "scatter.png"
     fig.tight_layout()
@@ -102,13 +103,15 @@ def plot_curves(run: Path, summary: dict | None = None) -> Path | None:
     ax1.set_ylabel("train loss")
     for col, colour, name in (("val_rho", "tab:green", "val rho"), ("test_rho", "tab:blue", "test rho")):
         if col in df.columns:
-            ax2.plot(ep, df[col], color=colour, label=name)
+            pts = df[["epoch", col]].dropna()          # with val_every > 1 the other epochs are empty
+            ax2.plot(pts["epoch"], pts[col], color=colour, label=name, marker="." if len(pts) < 60 else None)
     ax2.set_ylabel("Spearman rho")
     ax2.set_xlabel("epoch")
     sel = summary.get("selected_epoch") if summary else None
     if sel is not None:
         for ax in (ax1, ax2):
             ax.axvline(float(sel), color="k", ls="--", lw=1, label=f"selected (val) epoch {sel}")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax1, ax2):
         ax.legend(fontsize=7)
     ax1.set_title(_title(run, summary), fontsize=9)

@@ -388,7 +388,7 @@ def display_frame(df: pd.DataFrame) -> pd.DataFrame:
         "experiment": df["experiment"], "dataset": df["dataset"], "class/fold": df["class/fold"],
         "head": df["head"], "protocol": df["protocol"],
         "rho": [f(x, 4) for x in df["rho"]],
-        "rho std": [f(x, 4) if n > 1 else "-" for x, n in zip(df["rho_std"], df["n_runs"])],
+        "rho std": ["-" if math.isnan(x) else f(x, 4) for x in df["rho_std"]],   # one seed: no std
         "rho 95% CI": [("[" + f(a, 3) + ", " + f(b, 3) + "]") if not (math.isnan(a) or math.isnan(b)) else "-"
                        for a, b in zip(df["rho_ci_lo"], df["rho_ci_hi"])],
         "L2": [f(x, 3) for x in df["L2"]], "RL2x100": [f(x, 3) for x in df["RL2x100"]],
@@ -416,7 +416,8 @@ def reference_markdown(df: pd.DataFrame | None) -> str:
     ref = reference_frame(df).drop(columns="source")
     ref["rho"] = [f"{x:.4g}" for x in ref["rho"]]
     ref["RL2x100"] = ["-" if math.isnan(x) else f"{x:.4g}" for x in ref["RL2x100"]]
-    return f"Reference ({LABEL}):\n\n" + ref.to_markdown(index=False)
+    return (f"Reference ({LABEL}):\nThese fine-tune I3D end to end; runs on cached features keep the backbone "
+            "frozen and should be expected to score lower (SPEC section 6).\n\n" + ref.to_markdown(index=False))
 
 
 def skipped_text(skipped: list[tuple[str, str]]) -> str:
