@@ -149,15 +149,21 @@ def score(video, run_dir, difficulty, voters, as_json, device, sampling, seed, w
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
+    dd = res["difficulty"] is not None
     click.echo(f"predicted score: {res['score']:.3f}   ({res['head']} run {res['run']})")
     if res["exemplars"]:
-        click.echo(f"{'exemplar':<24}{'score':>10}{'pred diff':>12}{'-> pred':>10}")
+        # for DD heads the difference is in completeness (score / difficulty), the head's target
+        diff_head = "diff (compl.)" if dd else "pred diff"
+        click.echo(f"{'exemplar':<24}{'score':>10}{'difficulty' if dd else '':>11}{diff_head:>14}{'-> pred':>10}")
         for e in res["exemplars"]:
-            click.echo(f"{e['video_id']:<24}{e['score']:>10.3f}{e['predicted_difference']:>12.3f}"
+            d = f"{e['difficulty']:>11.2f}" if dd else f"{'':>11}"
+            click.echo(f"{e['video_id']:<24}{e['score']:>10.3f}{d}{e['predicted_difference']:>14.3f}"
                        f"{e['prediction']:>10.3f}")
         s = res["spread"]
         click.echo(f"spread over {len(res['exemplars'])} exemplars: std {s['std']:.3f}, "
                    f"min {s['min']:.3f}, max {s['max']:.3f}")
+    for note in res["notes"]:
+        click.echo(f"note: {note}")
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def plot_scatter(run: Path, summary: dict | None = None) -> Path | None:
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="identity")
     ax.set_xlabel("true score")
     ax.set_ylabel("predicted score")
-    ax.set_title(f"{_title(run, summary)}\nval-selected model: rho = {_fmt(spearman(pred, true))} (n = {len(df)} test videos)", fontsize=9)
+    ax.set_title(f"{_title(run, summary)}\nval-selected model: rho = {_fmt(spearman(pred, true))} "
+                 f"(n = {len(df)} test videos)", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.set_aspect("equal", adjustable="datalim")
     out = run / "scatter.png"

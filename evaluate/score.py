@@ -19,7 +19,7 @@ What happens, and why each step is tied to the run:
    refused with the number it needs. A video file is read with PyAV, a frame folder in natural name
    order (data's readers).
 4. Features: ``extract.pipeline.featurize_frames`` with the cache's *test* view and frame config
-   (resize, crop, normalisation) and its ``n_clips``; the per-clip features are rounded to float16 as the
+   (resize, crop, normalisation), its ``n_clips`` and, on CUDA, its extraction precision; the per-clip features are rounded to float16 as the
    cache stores them, then averaged over clips (as the trainer does).
 5. Head: ``train_head.heads.build_head`` with the run's head/depth/hidden/theta and groups.json, then
    ``model_selected.pt`` (the validation-selected epoch; weights_only=True).
@@ -206,7 +206,11 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
     # ---- the clip's feature
     frames = read_frames(video, n_frames, sampling)                                  # (T, H, W, 3)
     model = _backbone(source, str(dev))
-    clips = featurize_frames(model, frames, [test_view], frame_cfg, n_clips, dev)   # (1, C, D)
+    # on CUDA use the precision the cache was extracted with (bf16 autocast by default); CPU is fp32
+    precision = str(attrs.get("precision", "auto"))
+    precision = precision if precision in ("auto", "bf16", "fp16", "fp32") else "auto"
+    clips = featurize_frames(model, frames, [test_view], frame_cfg, n_clips, dev,
+                             precision=precision)                                    # (1, C, D)
     f_q = clips[0].astype(np.float16).astype(np.float32).mean(axis=0)               # (D,) as cached
 
     # ---- the exemplar pool: the run's training pool
