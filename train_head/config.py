@@ -69,6 +69,9 @@ class RunConfig:
     views         training views drawn from: "all" (every train-role view of the cache), a count
                   "k" (the first k train views) or comma-separated view names.
     device        "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    threads       torch CPU threads for this run (0 = leave torch's setting). Small heads on a busy
+                  machine run several times faster with 1; the thread count can change the last bits
+                  of float sums, so it is part of the config.
     out           root of the results tree.
     tag           extra level label for sweeps: the run folder's head level becomes `<head>+<tag>`.
     """
@@ -96,6 +99,7 @@ class RunConfig:
     seed: int = 0
     views: str = "all"
     device: str = "auto"
+    threads: int = 0
     out: str = "artifacts/runs"
     tag: str = ""
 
@@ -134,6 +138,8 @@ _HINTS = typing.get_type_hints(RunConfig)
 def _validate(cfg: RunConfig) -> None:
     if not cfg.cache:
         raise ConfigError("`cache` is required: the HDF5 feature file written by `python -m extract features`")
+    if cfg.threads < 0:
+        raise ConfigError(f"`threads` must be >= 0 (0 = torch default), got {cfg.threads}")
     for name in ("depth", "hidden", "voters", "epochs", "batch_size", "grad_accum", "val_every",
                  "checkpoint_every", "val_bins"):
         if getattr(cfg, name) < 1:

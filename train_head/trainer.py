@@ -405,11 +405,15 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
     torch.use_deterministic_algorithms(True, warn_only=True)
     pairs_log, once = logging.getLogger("train_head.pairs"), _OncePerMessage()
     pairs_log.addFilter(once)
+    prev_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         return _train(cfg, head_cls, data, dataset, run_dir, resume, on_epoch_end, progress, t_start)
     finally:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
         pairs_log.removeFilter(once)
+        torch.set_num_threads(prev_threads)
 
 
 def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: bool, on_epoch_end,
