@@ -260,7 +260,7 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], source: str = "state dict
                 return None
             raise WeightsError(f"{source}: key {key!r} missing for the {layout} layout; {_LAYOUT_HELP}")
         used.add(key)
-        return sd[key].detach().to(torch.float64)
+        return sd[key].detach().to(torch.float32)
 
     out: dict[str, torch.Tensor] = {}
     for unit in I3D.unit_names():
@@ -279,16 +279,17 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], source: str = "state dict
         used.add(f"{p}.{bn_child}.num_batches_tracked")
         if b is not None:                      # a conv bias before batch norm only shifts the mean
             mean = mean - b
-        if gamma is not None and not torch.equal(gamma, torch.ones_like(gamma)):
+        if gamma is not None and not bool((gamma == 1).all()):
             # Fold the affine scale: gamma*(Wx - m)/s + beta == ((gamma W)x - gamma m)/s + beta.
-            w = w * gamma.view(-1, 1, 1, 1, 1)
-            mean = mean * gamma
+            g = gamma.double()
+            w = (w.double() * g.view(-1, 1, 1, 1, 1)).float()
+            mean = (mean.double() * g).float()
         out[f"{unit}.conv.weight"] = w
         out[f"{unit}.bn.bias"], out[f"{unit}.bn.running_mean"], out[f"{unit}.bn.running_var"] = beta, mean, var
     extra = sorted(set(sd) - used)
     if extra:
         raise WeightsError(f"{source}: unexpected keys for the {layout} layout: {extra[:5]}; {_LAYOUT_HELP}")
-    return {k: v.to(torch.float32).contiguous() for k, v in out.items()}, layout
+    return {k: v.contiguous() for k, v in out.items()}, layout
 
 
 def _model_from_state_dict(sd: Mapping[str, torch.Tensor], source: str) -> I3D:

@@ -89,12 +89,24 @@ def test_features_shape_and_finite(random_model, shape):
     assert f.std() > 0
 
 
-def test_logits_path_at_224_and_error_elsewhere(random_model):
+def test_logits_path(random_model, monkeypatch):
+    """forward = (2,7,7) VALID average pool -> 1x1x1 conv with bias -> mean over time (checked on a stub
+    Mixed_5c map; the full 224x224 path is compared with the original network in the slow parity test)."""
+    f5 = torch.randn(2, 1024, 3, 7, 7)
+    monkeypatch.setattr(random_model, "mixed_5c", lambda x: f5)
     with torch.no_grad():
-        y = random_model(torch.randn(1, 3, 9, 224, 224))
-        assert y.shape == (1, 400) and torch.isfinite(y).all()
-        with pytest.raises(ValueError, match="forward_features"):
-            random_model(torch.randn(1, 3, 9, 64, 64))
+        y = random_model(torch.zeros(2, 3, 16, 224, 224))
+    w = random_model.Logits.conv.weight.flatten(1)
+    pooled = torch.stack([f5[:, :, t:t + 2].mean(dim=(2, 3, 4)) for t in range(2)], 2)   # [2, 1024, 2]
+    ref = (torch.einsum("kc,nct->nkt", w, pooled) + random_model.Logits.conv.bias[None, :, None]).mean(2)
+    assert y.shape == (2, 400)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(random_model, "mixed_5c", lambda x: torch.randn(1, 1024, 2, 4, 4))
+    with pytest.raises(ValueError, match="forward_features"):
+        random_model(torch.zeros(1, 3, 16, 112, 112))
+
+
+def test_input_layout_checked(random_model):
     with pytest.raises(ValueError, match=r"\[N, 3, T, H, W\]"):
         random_model.forward_features(torch.randn(1, 9, 32, 32, 3))
 
