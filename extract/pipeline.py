@@ -11,7 +11,9 @@ several videos into batches of ``batch_clips`` and runs ``I3D.forward_features``
 
 Numerics by device:
 - CPU: float32 with batch norm folded into the convolutions (``load_i3d(fuse_bn=True)``). bfloat16 is
-  not used on CPU: on CPUs without native bf16 matrix units it ran 50-280x slower than float32 here.
+  not used on CPU: on CPUs without native bf16 matrix units it is far slower than float32 (measured on
+  the 2-core reference machine at 64 px, 2 clips: autocast bf16 17x, bf16 weights 5x slower; 50-280x
+  has been seen at larger sizes), so ``precision`` is ignored there (with a warning).
   float32 results depend on the batch composition and the thread count at the 1e-5 level (different
   convolution algorithms), so two runs agree bitwise only with the same batches and threads.
 - CUDA: bfloat16 autocast (``precision="fp16"`` for float16, ``"fp32"`` for none), channels_last_3d.
@@ -71,7 +73,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if device.type != "cuda":
-        return "fp32"       # bf16 on CPU: 50-280x slower than fp32 on the CPUs measured (module docstring)
+        if precision not in ("auto", "fp32"):
+            log.warning("precision %s ignored on %s: float32 is used there (bf16 is much slower on CPUs)",
+                        precision, device)
+        return "fp32"
     return "bf16" if precision == "auto" else precision
 
 
