@@ -162,19 +162,20 @@ class _ClipStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         items = self.items if info is None else self.items[info.id::info.num_workers]
         for index, sample in items:
+            # views are transformed one at a time (all of them at 224 px would be ~1.4 GB per worker);
+            # a failure after some views were sent makes the main process drop the partial video
             try:
                 frames = self.dataset.read_frames(sample, max_shift=self.max_shift)
-                grid = list(clip_grid(frames, self.views, self.cfg, self.n_clips,
-                                      n_frames=frames.shape[0] - 2 * self.max_shift))
+                grid = clip_grid(frames, self.views, self.cfg, self.n_clips,
+                                 n_frames=frames.shape[0] - 2 * self.max_shift)
+                for v, clips in enumerate(grid):
+                    t = torch.from_numpy(clips)
+                    yield ("clips", index, v, t.half() if self.half else t)
             except Exception as e:      # DataError, decode errors from PIL/av: record and go on
                 if self.strict:
                     raise
                 yield ("fail", index, f"{type(e).__name__}: {e}")
-                continue
-            del frames
-            for v, clips in enumerate(grid):
-                t = torch.from_numpy(clips)
-                yield ("clips", index, v, t.half() if self.half else t)
+            frames = grid = None
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -363,8 +364,10 @@ def _loop(model, dataset, items, views, frame_cfg, n_clips, dev, prec, batch_cli
         res.n_clips += got
         o = 0
         for idx, v, c0, k in where:
-            slots[idx][v, c0:c0 + k] = feats[o:o + k]
             o += k
+            if idx not in slots:          # the video failed after some of its views were queued
+                continue
+            slots[idx][v, c0:c0 + k] = feats[o - k:o]
             left[idx] -= k
             if left[idx] == 0:
                 finish(idx)
@@ -376,6 +379,8 @@ def _loop(model, dataset, items, views, frame_cfg, n_clips, dev, prec, batch_cli
             if item[0] == "fail":
                 _, idx, err = item
                 vid = samples[idx].video_id
+                slots.pop(idx, None)
+                left.pop(idx, None)
                 log.warning("%s failed: %s", vid, err)
                 writer.add_failure(cstore.FailureRecord(idx, vid, err))
                 res.n_failed += 1

@@ -97,3 +97,22 @@ def test_final_status_mismatch_and_killed_merge_leaves_no_final(tmp_path, monkey
     merge_parts(out)
     with pytest.raises(CacheMismatch, match="normalization"):
         final_status(out, {**ATTRS, "normalization": "minus1to1"})
+
+
+def test_merge_cli_joins_the_parts_of_several_ranks(tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "f.h5"
+    rng = np.random.default_rng(4)
+    recs = [rec(i, rng) for i in range(5)]
+    for rank in (0, 1):
+        w = PartWriter(out, ATTRS, SHAPE, rank=rank, every=1)
+        for r in recs[rank::2]:
+            w.add(r)
+    r = subprocess.run([sys.executable, "-m", "cache", "merge", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "5 videos, 0 failed (from 5 part files)" in r.stdout
+    c = load_cache(out)
+    assert c.video_ids.tolist() == [f"v/{i:03d}" for i in range(5)] and not parts_dir(out).exists()
+    r = subprocess.run([sys.executable, "-m", "cache", "merge", str(out)], capture_output=True, text=True)
+    assert r.returncode != 0 and "No readable part files" in r.stderr

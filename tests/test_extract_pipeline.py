@@ -149,3 +149,23 @@ def test_cli_help_and_default_out():
     assert str(p) == "artifacts/features/aqa7-diving-i3d-01234567-default.h5"
     p = default_out("synthetic", {}, "random", "test-only", CFG)
     assert p.name == "synthetic-i3d-random-test-only-r32x32-c32.h5"
+
+
+def test_failure_after_some_views_were_queued_drops_the_whole_video(root, full, tmp_path, monkeypatch):
+    import extract.pipeline as pipeline
+    real, calls = pipeline.apply_view, []
+
+    def flaky(frames, view, cfg):
+        calls.append(view.name)
+        if len(calls) == 2:                  # the first video's second view
+            raise ValueError("simulated transform failure")
+        return real(frames, view, cfg)
+    monkeypatch.setattr(pipeline, "apply_view", flaky)
+    res = run_extraction(get_dataset("synthetic", root), tmp_path / "f.h5", **{**KW, "batch_clips": 1})
+    c = load_cache(tmp_path / "f.h5")
+    first = full.video_ids[0]
+    assert res.n_failed == 1 and list(c.failed) == [first] and "simulated" in c.failed[first]
+    assert c.video_ids.tolist() == full.video_ids[1:].tolist()
+    # other batches than the reference run: equal to float32 rounding, not bitwise (module docstring)
+    np.testing.assert_allclose(c.features.astype(np.float32), full.features[1:].astype(np.float32),
+                               rtol=1e-2, atol=1e-2)
