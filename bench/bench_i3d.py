@@ -1,0 +1,155 @@
+"""Throughput of the I3D backbone: clips/s, FLOPs per clip and fraction of the machine's peak.
+
+    .venv/bin/python bench/bench_i3d.py --threads 2          # CPU float32, fused and unfused (~1 min idle)
+    .venv/bin/python bench/bench_i3d.py --device cuda        # + bf16 autocast and channels_last_3d
+
+FLOPs are counted analytically from the convolution shapes of one forward_features pass (2 FLOPs per
+multiply-add; pooling, batch norm and relu are not counted) and cross-checked with
+torch.utils.flop_counter. Weights do not change the speed, so the random init is used (no download).
+The fraction of peak uses --peak-gflops (default 155 GFLOP/s: the 2-core reference machine, float32).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere inside the repo
+
+from extract.i3d import I3D, Unit3D  # noqa: E402
+
+
+def conv_flops_per_clip(model: I3D, frames: int, size: int) -> float:
+    """2 * MACs of every convolution in forward_features for one clip [3, frames, size, size]."""
+    total = 0
+
+    def hook(mod: Unit3D, inp, out):
+        nonlocal total
+        w = mod.conv.weight
+        total += 2 * out.numel() * w[0].numel()  # per output element: cin * kt * kh * kw MACs
+
+    handles = [m.register_forward_hook(hook) for n, m in model.named_modules()
+               if isinstance(m, Unit3D) and n != "Logits"]
+    with torch.no_grad():
+        model.forward_features(torch.zeros(1, 3, frames, size, size))
+    for h in handles:
+        h.remove()
+    return float(total)
+
+
+def counter_flops_per_clip(model: I3D, frames: int, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.forward_features(torch.zeros(1, 3, frames, size, size))
+    return float(fc.get_total_flops())
+
+
+def time_clips(model, x, iters: int, warmup: int, sync=lambda: None, autocast=None) -> float:
+    """clips/s of model.forward_features on batch x (median of `iters` timed runs)."""
+    def run():
+        if autocast is not None:
+            with torch.autocast(device_type=x.device.type, dtype=autocast):
+                return model.forward_features(x)
+        return model.forward_features(x)
+
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            run()
+        sync()
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            run()
+            sync()
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return x.shape[0] / times[len(times) // 2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--batch", type=int, default=None, help="clips per batch (default: 2 on CPU, 32 on CUDA)")
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--peak-gflops", type=float, default=155.0, help="machine peak, GFLOP/s (float32 on CPU)")
+    ap.add_argument("--channels-last", action="store_true", help="CPU: also time the fused model in channels_last_3d")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch = args.batch or (32 if device == "cuda" else 2)
+
+    model = I3D().init_random(0).eval()
+    flops = conv_flops_per_clip(model, args.frames, args.size)
+    flops_counter = counter_flops_per_clip(model, args.frames, args.size)
+    res = {"device": device, "batch": batch, "clip": [3, args.frames, args.size, args.size],
+           "gflop_per_clip": flops / 1e9, "gflop_per_clip_flop_counter": flops_counter / 1e9,
+           "threads": torch.get_num_threads(), "torch": torch.__version__, "peak_gflops": args.peak_gflops}
+    print(f"I3D forward_features, clip 3x{args.frames}x{args.size}x{args.size}: {flops / 1e9:.2f} GFLOP "
+          f"(conv shapes), {flops_counter / 1e9:.2f} GFLOP (torch flop_counter)")
+
+    def report(name: str, cps: float, peak: float | None) -> None:
+        gflops = cps * flops / 1e9
+        res[name] = {"clips_per_s": cps, "gflop_per_s": gflops}
+        line = f"{name:>28}: {cps:8.2f} clips/s  {gflops:9.1f} GFLOP/s"
+        if peak:
+            res[name]["fraction_of_peak"] = gflops / peak
+            line += f"  {100 * gflops / peak:5.1f}% of {peak:g} GFLOP/s peak"
+        print(line, flush=True)
+
+    fused = copy.deepcopy(model).fuse_bn()
+    if device == "cpu":
+        print(f"CPU float32, {torch.get_num_threads()} threads, batch {batch}, median of {args.iters}")
+        x = torch.randn(batch, 3, args.frames, args.size, args.size)
+        report("cpu_fp32_unfused", time_clips(model, x, args.iters, args.warmup), args.peak_gflops)
+        report("cpu_fp32_fused", time_clips(fused, x, args.iters, args.warmup), args.peak_gflops)
+        if args.channels_last:
+            f_cl = copy.deepcopy(fused).to(memory_format=torch.channels_last_3d)
+            x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+            report("cpu_fp32_fused_channels_last", time_clips(f_cl, x_cl, args.iters, args.warmup),
+                   args.peak_gflops)
+    else:
+        dev = torch.device(device)
+        torch.backends.cudnn.benchmark = True
+        sync = torch.cuda.synchronize
+        name = torch.cuda.get_device_name(dev)
+        res["gpu"] = name
+        print(f"CUDA {name}, batch {batch}, median of {args.iters} (peak fraction not computed on GPU)")
+        x = torch.randn(batch, 3, args.frames, args.size, args.size, device=dev)
+        m_gpu, f_gpu = model.to(dev), fused.to(dev)
+        report("cuda_fp32_fused", time_clips(f_gpu, x, args.iters, args.warmup, sync), None)
+        report("cuda_bf16_unfused", time_clips(m_gpu, x, args.iters, args.warmup, sync, torch.bfloat16), None)
+        report("cuda_bf16_fused", time_clips(f_gpu, x, args.iters, args.warmup, sync, torch.bfloat16), None)
+        x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+        f_cl = copy.deepcopy(f_gpu).to(memory_format=torch.channels_last_3d)
+        report("cuda_bf16_fused_channels_last", time_clips(f_cl, x_cl, args.iters, args.warmup, sync,
+                                                           torch.bfloat16), None)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            a = f_gpu.forward_features(x[:4]).float()
+            b = f_cl.forward_features(x_cl[:4]).float()
+        with torch.inference_mode():
+            ref = f_gpu.forward_features(x[:4]).float()
+        res["bf16_rel_err_vs_fp32"] = float((a - ref).norm() / ref.norm())
+        res["channels_last_rel_err"] = float((b - a).norm() / a.norm())
+        print(f"bf16 vs fp32 relative error {res['bf16_rel_err_vs_fp32']:.2e}; channels_last vs default "
+              f"{res['channels_last_rel_err']:.2e}")
+        res["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
