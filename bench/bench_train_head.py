@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--head", default="core_dd")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--rebuild", action="store_true", help="rewrite the fake cache")
     args = ap.parse_args()
 
@@ -93,11 +94,12 @@ def main() -> None:
     load_cache_data(CACHE, "mtl_aqa")
     t_load = time.perf_counter() - t0
     cfg = resolve_config(default_preset("mtl_aqa", args.head), cache=str(CACHE), head=args.head,
-                         epochs=args.epochs, device=args.device, out=str(out))
+                         epochs=args.epochs, device=args.device, out=str(out), threads=args.threads)
     t1 = time.perf_counter()
     run = train(cfg, progress=False)
     t_train = time.perf_counter() - t1
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    print(f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, device {args.device}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"cache load + mean over clips: {t_load:.1f} s")
     print(f"train {args.head}, {args.epochs} epochs (val+test every epoch, {cfg.voters} voters, batch "
           f"{cfg.batch_size}): {t_train:.1f} s  ({t_train / args.epochs * 1000:.0f} ms/epoch)")

@@ -190,3 +190,10 @@ def test_views_option(cache_path, tmp_path):
     assert (run / "summary.json").is_file()
     with pytest.raises(ConfigError, match="unknown view"):
         train(_cfg(cache_path, tmp_path / "x", views="nope", epochs=1), progress=False)
+
+
+def test_no_validation_selects_final_epoch(cache_path, tmp_path):
+    run = train(_cfg(cache_path, tmp_path, val_fraction=0.0, epochs=3), progress=False)
+    s = json.loads((run / "summary.json").read_text())
+    assert s["n_val"] == 0 and s["selected_epoch"] == 3 and s["selected"]["rho"] == s["final"]["rho"]
+    assert pd.read_csv(run / "metrics.csv")["val_rho"].isna().all()

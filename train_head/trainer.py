@@ -480,7 +480,10 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
     torch.manual_seed(cfg.seed)
     head = build_head(cfg.head, feat_dim=feat_dim, theta=cfg.theta, depth=cfg.depth, hidden=cfg.hidden,
                       groups=groups).to(device)
-    optim = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused Adam: one kernel over all parameters; on CPU ~5x faster per step than the per-tensor loop
+    # for this head (2.5M parameters), and still deterministic.
+    fused = device.type in ("cpu", "cuda")
+    optim = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     rng = np.random.default_rng(cfg.seed)
     rows: list[dict] = []
     best = {"epoch": None, "val_rho": None}
@@ -548,7 +551,8 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
         if evaluated:
             r = vm["rho"]
             prev = best["val_rho"]
-            better = best["epoch"] is None or (not math.isnan(r) and (prev is None or math.isnan(prev) or r > prev))
+            better = (best["epoch"] is None or len(val_eval) == 0     # no validation: the last epoch
+                      or (not math.isnan(r) and (prev is None or math.isnan(prev) or r > prev)))
             if better:
                 best = {"epoch": epoch, "val_rho": None if math.isnan(r) else r}
                 best_state = _cpu_state(head)
@@ -606,7 +610,8 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
                                "val_rl2": fin_row["val_rl2"]}),
         "best_on_test": _nan_to_none({"epoch": bt["epoch"], "rho": bt["test_rho"], "l2": bt["test_l2"],
                                       "rl2": bt["test_rl2"]}),
-        "selection": "best validation rho, ties -> earliest epoch; test never used",
+        "selection": ("best validation rho, ties -> earliest epoch; test never used" if len(unit.val)
+                      else "no validation split (val_fraction=0): the final epoch"),
         "n_train": int(len(unit.train)), "n_val": int(len(unit.val)), "n_test": int(len(unit.test)),
         "n_dropped_pairs": int(n_dropped_pairs), "n_clamped": n_clamped,
         "voters": cfg.voters if head_cls.pairwise else 0,
