@@ -76,3 +76,27 @@ def test_tiny_sweep_through_dask_scheduler(cache_path, tmp_path):
     runs = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("summary.json"))
     assert runs == ["synthetic/all/core+depth=2/seed0", "synthetic/all/core/seed0"], out
     assert Path(tmp_path, runs[0], "groups.json").is_file()
+
+
+def test_train_cli_units_seeds_and_errors(tmp_path):
+    cache = learnable_cache(tmp_path / "c.h5", n=40, dim=8, classes=["a", "b"])
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", "--cache", str(cache), "--out", str(tmp_path / "r"), *TINY,
+                              "--class", "all", "--seeds", "0,1"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    runs = sorted(p.parent.relative_to(tmp_path / "r").as_posix() for p in (tmp_path / "r").rglob("summary.json"))
+    assert runs == [f"synthetic/{c}/core/seed{s}" for c in "ab" for s in (0, 1)]
+    res = runner.invoke(cli, ["train", "--cache", str(cache), "--set", "nope=1"])
+    assert res.exit_code == 2 and "unknown config key" in res.output
+    res = runner.invoke(cli, ["train", "--cache", str(cache), "--out", str(tmp_path / "r"), *TINY])
+    assert res.exit_code == 1 and "--class" in res.output          # two classes, none chosen
+    res = runner.invoke(cli, ["finetune", "--help"])
+    assert res.exit_code in (0, 1)                                   # slot exists (implemented elsewhere)
+
+
+def test_failing_run_is_reported_and_others_finish(cache_path, tmp_path):
+    res = CliRunner().invoke(cli, ["sweep", "--cache", str(cache_path), "--out", str(tmp_path), *TINY,
+                                   "--grid", "head=core_dd,core"])
+    assert res.exit_code == 1
+    assert "FAILED" in res.output and "difficulty" in res.output
+    assert (tmp_path / "synthetic" / "all" / "core" / "seed0" / "summary.json").is_file()

@@ -193,10 +193,14 @@ def presets() -> None:
         click.echo(f"{name:32s} {values}")
 
 
-# Slot for the end-to-end fine-tuning mode: train_head/finetune.py (another module) defines a click
-# command named `cli`; it is registered here as `finetune` when the module exists.
+# Slot for the end-to-end fine-tuning mode: train_head/finetune.py provides `register(group)` (or a
+# click command `finetune_command`); it is added here as `finetune` when the module exists.
 if importlib.util.find_spec("train_head.finetune") is not None:
-    cli.add_command(importlib.import_module("train_head.finetune").cli, name="finetune")
+    _ft = importlib.import_module("train_head.finetune")
+    if hasattr(_ft, "register"):
+        _ft.register(cli)
+    else:
+        cli.add_command(_ft.finetune_command, name="finetune")
 else:
     @cli.command(context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
