@@ -1,6 +1,6 @@
 """Throughput of the I3D backbone: clips/s, FLOPs per clip and fraction of the machine's peak.
 
-    .venv/bin/python bench/bench_i3d.py --threads 2          # CPU float32, fused and unfused (~1 min idle)
+    .venv/bin/python bench/bench_i3d.py --threads 2          # CPU float32: unfused/fused x NCDHW/channels_last_3d
     .venv/bin/python bench/bench_i3d.py --device cuda        # + bf16 autocast and channels_last_3d
 
 FLOPs are counted analytically from the convolution shapes of one forward_features pass (2 FLOPs per
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--peak-gflops", type=float, default=155.0, help="machine peak, GFLOP/s (float32 on CPU)")
-    ap.add_argument("--channels-last", action="store_true", help="CPU: also time the fused model in channels_last_3d")
+    ap.add_argument("--skip-unfused-cl", action="store_true", help="CPU: skip the unfused channels_last_3d row")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -116,10 +116,12 @@ def main() -> None:
         x = torch.randn(batch, 3, args.frames, args.size, args.size)
         report("cpu_fp32_unfused", time_clips(model, x, args.iters, args.warmup), args.peak_gflops)
         report("cpu_fp32_fused", time_clips(fused, x, args.iters, args.warmup), args.peak_gflops)
-        if args.channels_last:
-            f_cl = copy.deepcopy(fused).to(memory_format=torch.channels_last_3d)
-            x_cl = x.contiguous(memory_format=torch.channels_last_3d)
-            report("cpu_fp32_fused_channels_last", time_clips(f_cl, x_cl, args.iters, args.warmup),
+        # what load_i3d(fuse_bn=True) gives on CPU: channels_last_3d weights, NCDHW input
+        f_cl = copy.deepcopy(fused).to(memory_format=torch.channels_last_3d)
+        report("cpu_fp32_fused_channels_last", time_clips(f_cl, x, args.iters, args.warmup), args.peak_gflops)
+        if not args.skip_unfused_cl:
+            m_cl = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
+            report("cpu_fp32_unfused_channels_last", time_clips(m_cl, x, args.iters, args.warmup),
                    args.peak_gflops)
     else:
         dev = torch.device(device)

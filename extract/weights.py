@@ -419,7 +419,12 @@ def weights_sha256(source: str | os.PathLike = "kinetics400") -> str:
 
 def load_i3d(source: str | os.PathLike = "kinetics400", device: str | torch.device = "cpu",
              fuse_bn: bool = False) -> I3D:
-    """An `I3D` in eval mode on `device` with the weights of `source` (see module docstring)."""
+    """An `I3D` in eval mode on `device` with the weights of `source` (see module docstring).
+
+    fuse_bn=True folds batch norm into the convolutions (inference only) and, on CPU, stores the weights
+    channels_last_3d (`I3D.fuse_bn(channels_last=True)`), the fastest CPU form; outputs are unchanged
+    within 1e-5 relative.
+    """
     if str(source) == "random":
         model = I3D().init_random(RANDOM_SEED)
     else:
@@ -434,5 +439,6 @@ def load_i3d(source: str | os.PathLike = "kinetics400", device: str | torch.devi
                                f"{_LAYOUT_HELP}") from exc
         model = _model_from_state_dict(_unwrap(obj, str(path)), str(path))
     if fuse_bn:
-        model.fuse_bn()
+        # channels_last_3d weights roughly double CPU throughput; on GPUs leave the layout to the caller.
+        model.fuse_bn(channels_last=torch.device(device).type == "cpu")
     return model.to(device).eval()

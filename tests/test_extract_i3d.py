@@ -122,9 +122,13 @@ def test_fuse_bn_keeps_outputs(random_model):
     fused = copy.deepcopy(random_model).fuse_bn()
     keys = fused.state_dict().keys()
     assert not any(".bn." in k for k in keys) and "Mixed_5c.b2b.conv.bias" in keys
-    x = torch.randn(1, 3, 11, 40, 44)
+    x = torch.randn(1, 3, 9, 33, 40)
+    fused_cl = copy.deepcopy(random_model).fuse_bn(channels_last=True)
+    assert fused_cl.Mixed_4b.b1b.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
     with torch.no_grad():
-        assert rel_err(fused.forward_features(x), random_model.forward_features(x)) < 1e-5
+        ref = random_model.forward_features(x)
+        assert rel_err(fused.forward_features(x), ref) < 1e-5
+        assert rel_err(fused_cl.forward_features(x), ref) < 1e-5
 
 
 def test_module_names_follow_tf_scopes(random_model):
@@ -157,9 +161,10 @@ def kinetics_model():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused_channels_last"])
 def test_parity_with_deepmind_network(kinetics_model, fixture_data, fused):
-    model = copy.deepcopy(kinetics_model).fuse_bn() if fused else kinetics_model
+    # the fused variant is what load_i3d(fuse_bn=True) gives on CPU
+    model = copy.deepcopy(kinetics_model).fuse_bn(channels_last=True) if fused else kinetics_model
     with torch.no_grad():
         for case in ("main", "small", "odd"):
             x = _case_input(fixture_data, case)
