@@ -104,7 +104,7 @@ def main() -> None:
     def report(name: str, cps: float, peak: float | None) -> None:
         gflops = cps * flops / 1e9
         res[name] = {"clips_per_s": cps, "gflop_per_s": gflops}
-        line = f"{name:>28}: {cps:8.2f} clips/s  {gflops:9.1f} GFLOP/s"
+        line = f"{name:>31}: {cps:8.2f} clips/s  {gflops:9.1f} GFLOP/s"
         if peak:
             res[name]["fraction_of_peak"] = gflops / peak
             line += f"  {100 * gflops / peak:5.1f}% of {peak:g} GFLOP/s peak"
