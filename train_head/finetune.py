@@ -777,15 +777,21 @@ def _frame_size(value: str | None) -> tuple[int, int] | None:
 
 
 def finetune_cli_main(*, dataset: str, root: str, force: bool = False, progress: bool = True,
-                      **options: Any) -> Path:
-    """What `python -m train_head finetune` does: resolve the config (preset + options) and run it."""
+                      **options: Any) -> list[Path]:
+    """What `python -m train_head finetune` does: resolve the config (preset + options) and run it.
+
+    `cls="all"` on a dataset with several classes/tasks runs each one on its own, one after the other
+    (SPEC section 1); it returns the run folders."""
     options = dict(options)
     if "frame_size" in options:
         options["resize_hw"] = _frame_size(options.pop("frame_size"))
-    if options.get("cls") == "all":
-        options["cls"] = None
-    cfg = resolve_finetune_config(dataset, root, **options)
-    return finetune(cfg, force=force, progress=progress)
+    units: list[str | None] = [options.pop("cls", None)]
+    if units[0] == "all":
+        from data import get_dataset
+        classes = sorted({s.cls for s in get_dataset(dataset, root).samples()})
+        units = classes if len(classes) > 1 else [None]
+    return [finetune(resolve_finetune_config(dataset, root, **options, cls=u), force=force, progress=progress)
+            for u in units]
 
 
 def _build_command():
@@ -837,15 +843,16 @@ def _build_command():
             logging.basicConfig(level=logging.INFO)
         info = xdist.dist_info()
         try:
-            run_dir = finetune_cli_main(dataset=dataset, root=root, force=force, progress=not no_progress,
-                                        **options)
+            run_dirs = finetune_cli_main(dataset=dataset, root=root, force=force, progress=not no_progress,
+                                         **options)
         except (ConfigError, TrainError, DataError, WeightsError) as exc:
             raise click.ClickException(str(exc)) from None
         if info.is_main:
-            summary = json.loads((run_dir / "summary.json").read_text())
-            click.echo(f"{run_dir}: selected epoch {summary['selected_epoch']} test rho "
-                       f"{summary['selected']['rho']} (final {summary['final']['rho']}); "
-                       f"{info.world_size} process(es)")
+            for run_dir in run_dirs:
+                summary = json.loads((run_dir / "summary.json").read_text())
+                click.echo(f"{run_dir}: selected epoch {summary['selected_epoch']} test rho "
+                           f"{summary['selected']['rho']} (final {summary['final']['rho']}); "
+                           f"{info.world_size} process(es)")
 
     return click.Command("finetune", params=params, callback=callback,
                          help="End-to-end fine-tuning of I3D + head from frames (docs/FINETUNE.md).")
