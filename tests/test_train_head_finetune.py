@@ -1,5 +1,6 @@
 """End-to-end fine-tuning (train_head.finetune) on tiny synthetic videos: random-init I3D, 16 px crops,
 one clip of 8 frames per video, so that a backbone step costs about a second on a CPU."""
+import copy
 import json
 import os
 import subprocess
@@ -80,6 +81,32 @@ def test_frozen_bn_and_a_fixed_batch_overfits():
     for k, v in model.state_dict().items():
         if "running" in k:
             assert torch.equal(v, stats0[k]), k
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    x = torch.randn(1, 3, 8, 16, 16, generator=torch.Generator().manual_seed(1))
+    grads, i3d = [], load_i3d("random")
+    for ckpt in (False, True):
+        b = FrozenBNI3D(copy.deepcopy(i3d), train_from="Mixed_5c", checkpoint_activations=ckpt)
+        b(x).square().sum().backward()
+        grads.append([p.grad for p in b.parameters() if p.requires_grad])
+    assert len(grads[0]) > 0
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-7)
+
+
+def test_clip_dataset_same_with_workers(root):
+    from data import get_dataset
+    from train_head.finetune import Aug, ClipDataset, _loader
+
+    ds = get_dataset("synthetic", root)
+    clips = ClipDataset(ds, ds.samples(), FrameConfig(resize_hw=(20, 20), crop=16), 2, 8, 3)
+    plan = [[(0, None), (1, Aug(0, 0.9, 0.1, True))], [(2, Aug(0, 0.0, 0.99, False))]]
+    a = list(_loader(clips, plan, 0, False))
+    b = list(_loader(clips, plan, 1, False))
+    assert a[0].shape == (2, 2, 3, 8, 16, 16) and a[1].shape == (1, 2, 3, 8, 16, 16)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0][0], a[0][1])
 
 
 def test_run_folder_is_read_by_evaluate(run_a):

@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 RUN_FILES = ("config.json", "metrics.csv", "predictions.csv", "groups.json", "leaf_counts.json", "summary.json",
              "model_selected.pt", "model_final.pt", "backbone_selected.pt", "backbone_final.pt", "checkpoint.pt",
              "split.json", "timing.json")
+_SPEED_ONLY = ("workers", "eval_batch", "checkpoint_activations")
 INCEPTION_BLOCKS = tuple(n for n in ENDPOINTS if n.startswith("Mixed_"))
 
 
@@ -485,7 +486,10 @@ def _same(run_dir: Path, cfg: FinetuneConfig) -> bool:
         old = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return {k: old.get(k) for k in FIELDS} == cfg.to_dict()
+    # performance knobs that do not change the numbers may differ between a run and its resumption
+    keys = [k for k in FIELDS if k not in _SPEED_ONLY]
+    new = cfg.to_dict()
+    return {k: old.get(k) for k in keys} == {k: new[k] for k in keys}
 
 
 def _finetune(cfg: FinetuneConfig, ds, run_dir: Path, resume: bool, device: torch.device,
