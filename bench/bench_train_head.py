@@ -9,6 +9,11 @@ split, read from the annotation pickles shipped in data/meta/ (restricted unpick
 once to artifacts/bench/mtl_aqa_random.h5 and reused. The features are random, so the printed rho
 means nothing; the timings are the point. Target: the whole default core_dd run (200 epochs,
 validation and test every epoch with 10 voters, final test inference) under 150 s on a 2-core CPU.
+
+Measured 2026-11-26 (shared 2-core AMD EPYC VM, load average ~4 from other jobs, --threads 1):
+cache load 3.8 s, training 421 s (2.1 s/epoch: roughly 45% training steps, 55% validation + test
+inference of 5650 query-voter pairs). Under contention --threads 1 is ~4x faster than 2 threads.
+Most of the time is inside the regression tree's forward/backward (see train_head/tree.py).
 """
 from __future__ import annotations
 
