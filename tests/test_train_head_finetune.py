@@ -26,6 +26,23 @@ CLI = ["--dataset", "synthetic", "--weights", "random", "--frame-size", "20x20",
        "--train-from", "Mixed_5b", "--val-every", "2", "--no-progress"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_onednn():
+    """Test speed only: at these tiny sizes oneDNN's 3D convolutions cost ~1-2 s per call on this CPU,
+    the plain ones ~0.3 s after the first call. The library code does not touch this flag."""
+    prev = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = prev
+
+
+# torchrun launches this instead of `-m train_head.finetune` so that its processes run like this file
+LAUNCH = """import runpy, torch
+torch.backends.mkldnn.enabled = False
+runpy.run_module("train_head.finetune", run_name="__main__", alter_sys=True)
+"""
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     # 6 videos: 2 test, 1 validation, 3 in the training pool -> micro-batches of 2 and 1 pairs per epoch
@@ -150,12 +167,14 @@ def test_resume_gives_the_same_numbers(run_a, tmp_path):
 def test_torchrun_two_processes_equal_one_process(run_a, root, tmp_path):
     cfg, run = run_a
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    launch = tmp_path / "launch.py"
+    launch.write_text(LAUNCH)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "train_head.finetune", *CLI, "--root", str(root), "--out", str(tmp_path)],
+                        str(launch), *CLI, "--root", str(root), "--out", str(tmp_path / "runs")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "2 process(es)" in r.stdout
-    run_m = tmp_path / "synthetic" / "all" / "core+finetune" / "seed0"
+    run_m = tmp_path / "runs" / "synthetic" / "all" / "core+finetune" / "seed0"
     assert json.loads((run_m / "summary.json").read_text())["world_size"] == 2
     la = np.loadtxt(run / "metrics.csv", delimiter=",", skiprows=1, usecols=1)
     lm = np.loadtxt(run_m / "metrics.csv", delimiter=",", skiprows=1, usecols=1)
