@@ -635,7 +635,10 @@ def _finetune(cfg: FinetuneConfig, ds, run_dir: Path, resume: bool, device: torc
         else:
             q, e = rng.permutation(n_tr), None
         n_items = q.size
-        n_batches = max(1, math.ceil(n_items / bs))
+        n_batches = math.ceil(n_items / bs)      # 0 when every query was dropped (DD, no partner)
+        if n_items == 0:
+            log.warning("%s: epoch %d has no training pair (no two pool videos share a difficulty); "
+                        "nothing to train", run_dir, epoch)
         plan, meta = [], []
         for b in range(n_batches):
             qb = q[b * bs:(b + 1) * bs]
