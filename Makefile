@@ -27,7 +27,7 @@ TRAIN_ARGS   ?=
 # Demo dataset and the frame size the demo extracts at (small, so it fits minutes on 2 CPU cores).
 DEMO_VIDEOS ?= 48
 DEMO_SEED   ?= 0
-DEMO_FRAME_ARGS ?= --resize 128x128 --crop 112
+DEMO_FRAME_ARGS ?= --frame-size 128,128 --crop 112
 
 ifeq ($(DATASET),synthetic)
   FRAME_ARGS ?= $(DEMO_FRAME_ARGS)
