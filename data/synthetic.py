@@ -7,26 +7,31 @@
 - `DIR/difficulty.csv`: video_id, difficulty and the hidden factors of each video;
 - `DIR/README.txt`: the scoring rule below.
 
-What a video shows (103 frames, a sky, a water surface at 80% of the height, a tower on the left): the
-diver (red body, yellow head, about 40% of the frame tall) stands on the platform (frames 0-11), flies
-along a parabola (frames 12-71) while somersaulting `performed_rotations` turns in a body shape (tuck,
-pike or straight; it opens straight for the last 15% of the flight), enters the water at a visible
-angle, and a white splash (size set by `splash`) rises and fades (frames 72-102).
+The picture is made for a frozen video network at ~112 px: the factors that set the score are large and
+last many frames. What a video shows (103 frames, a sky, a water surface at 75% of the height, a tower
+on the left): a big diver (red body, yellow head; straight with arms up, about 2/3 of the frame tall)
+stands on the platform (frames 0-7), flies along a parabola (frames 8-55) while somersaulting
+`performed_rotations` turns in a body shape (tuck, pike or straight) during the first 80% of the flight,
+then holds straight at the entry angle for the last 20% (about 10 frames), enters the water head first
+(declared dives are all x.5 turns) or feet first (a rotation error of half a turn) and sinks along the
+entry angle. From frame 56 on, a white splash whose width and spray height scale with `splash` (from a
+small puff to a burst ~90% of the frame wide and ~65% tall) rises for 6 frames, holds, and fades by frame ~100,
+and the water around the entry point turns to foam in proportion to `splash` until the last frame.
 
 Hidden factors per video (`DiveFactors`):
-- declared_rotations in {1.0, 1.5, ..., 3.5}; shape in {tuck, pike, straight};
-- rotation_error in {-0.5, 0, +0.5} (p = .2/.6/.2): performed = declared + error;
+- declared_rotations in {1.5, 2.5, 3.5}; shape in {tuck, pike, straight};
+- rotation_error in {-0.5, 0, +0.5} (p = .15/.7/.15): performed = declared + error (feet-first entry);
 - entry_angle: deviation of the body from vertical at entry, degrees, uniform in [-45, 45];
-- splash: 0 (none) .. 1 (huge), uniform;
-- judge_noise: 7 offsets ~ N(0, 0.25).
+- splash: 0 (tiny) .. 1 (huge), uniform;
+- judge_noise: 7 offsets ~ N(0, 0.2).
 
-Scoring rule (`judge`):
-- difficulty = 1.2 + 0.4 * declared_rotations + {tuck: 0.0, pike: 0.3, straight: 0.6}  (1.6 .. 3.2, 0.1 steps);
-- execution = 10 - 5 * |rotation_error| - 2 * |entry_angle| / 45 - 2 * splash  (3.5 .. 10);
+Scoring rule (`judge`); execution dominates the score variance, difficulty varies little (2.85 .. 3.25):
+- difficulty = 2.7 + 0.1 * declared_rotations + {tuck: 0.0, pike: 0.1, straight: 0.2};
+- execution = 10 - 3.5 * splash - 2.5 * |entry_angle| / 45 - 2 * |rotation_error|  (3 .. 10);
 - judge j awards clip(round_to_half(execution + judge_noise[j]), 0, 10);
 - the 2 highest and 2 lowest awards are dropped, the middle 3 summed (0..30);
-- final = clip(sum * difficulty, 21.6, 102.6) (diving's AQA-7 range).
-So a smaller splash, a more vertical entry and the declared rotation count give a higher score.
+- final = clip(sum * difficulty, 21.6, 102.6) (diving's AQA-7 range; in practice about 26 .. 97.5).
+So a smaller splash, a more vertical entry and a head-first entry (the declared rotations) score higher.
 
 Reader (`get_dataset("synthetic", root)`): the AQA-7 reader (class diving) plus `difficulty.csv`.
 Sample.score is the final judged score itself (the raw AQA-7 diving score, 21.6..102.6), not the AQA-7
@@ -52,10 +57,12 @@ log = logging.getLogger(__name__)
 N_FRAMES = 103
 N_JUDGES = 7
 SHAPES = ("tuck", "pike", "straight")
-SHAPE_BONUS = {"tuck": 0.0, "pike": 0.3, "straight": 0.6}
-ROTATIONS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5)
+SHAPE_BONUS = {"tuck": 0.0, "pike": 0.1, "straight": 0.2}
+ROTATIONS = (1.5, 2.5, 3.5)
 LO, HI = SCORE_RANGES["diving"]
-T_TAKEOFF, T_ENTRY = 12, 72  # flight is frames [12, 72)
+T_TAKEOFF, T_ENTRY = 8, 56  # flight is frames [8, 56)
+U_OPEN = 0.8  # the somersaults end at 80% of the flight; the body then holds straight at the entry angle
+JUDGE_SD = 0.2
 
 
 @dataclass(frozen=True)
@@ -76,20 +83,20 @@ def sample_factors(rng: np.random.Generator) -> DiveFactors:
     return DiveFactors(
         declared_rotations=float(rng.choice(ROTATIONS)),
         shape=str(rng.choice(SHAPES)),
-        rotation_error=float(rng.choice([-0.5, 0.0, 0.5], p=[0.2, 0.6, 0.2])),
+        rotation_error=float(rng.choice([-0.5, 0.0, 0.5], p=[0.15, 0.7, 0.15])),
         entry_angle=float(np.round(rng.uniform(-45, 45), 1)),
         splash=float(np.round(rng.uniform(0, 1), 3)),
-        judge_noise=tuple(float(v) for v in np.round(rng.normal(0, 0.25, N_JUDGES), 3)),
+        judge_noise=tuple(float(v) for v in np.round(rng.normal(0, JUDGE_SD, N_JUDGES), 3)),
     )
 
 
 def difficulty_of(f: DiveFactors) -> float:
-    return round(1.2 + 0.4 * f.declared_rotations + SHAPE_BONUS[f.shape], 1)
+    return round(2.7 + 0.1 * f.declared_rotations + SHAPE_BONUS[f.shape], 2)
 
 
 def judge(f: DiveFactors) -> dict:
     """The scoring rule of the module docstring: difficulty, execution, 7 awards, final score."""
-    execution = 10 - 5 * abs(f.rotation_error) - 2 * abs(f.entry_angle) / 45 - 2 * f.splash
+    execution = 10 - 3.5 * f.splash - 2.5 * abs(f.entry_angle) / 45 - 2 * abs(f.rotation_error)
     awards = np.clip(np.round((execution + np.asarray(f.judge_noise)) * 2) / 2, 0, 10)
     middle = float(np.sort(awards)[2:-2].sum())
     dd = difficulty_of(f)
@@ -114,75 +121,90 @@ def _body(shape: str, L: float) -> list[tuple[tuple[float, float], tuple[float, 
     return torso + limbs, hd
 
 
+# fixed spray pattern (unit offsets), the same for every video: x in [-1, 1], height in [0.3, 1], radius
+_SPRAY = np.random.default_rng(12345).uniform([-1.0, 0.3, 0.5], [1.0, 1.0, 1.0], size=(14, 3))
+
+
 def render_dive(f: DiveFactors, size: int = 128) -> np.ndarray:
     """uint8 [103, size, size, 3] frames of one dive (deterministic in `f` and `size`)."""
     from PIL import Image, ImageDraw
 
     S = int(size)
-    water_y = 0.8 * S
-    plat_y = 0.45 * S
-    L = 0.36 * S
-    lw = max(2, S // 14)
+    water_y = 0.75 * S
+    wy = int(water_y)
+    plat_y = 0.5 * S
+    L = 0.52 * S
+    lw = max(3, S // 11)
     # static background
     bg = np.empty((S, S, 3), np.uint8)
     yy = np.arange(S)[:, None]
     sky = np.stack([150 + 40 * yy / S, 195 + 30 * yy / S, np.full_like(yy, 240.0)], -1)
     bg[:] = np.broadcast_to(sky, (S, S, 3)).astype(np.uint8)
-    bg[int(water_y):] = (25, 70, 150)
-    bg[int(plat_y):int(water_y), : int(0.08 * S)] = (120, 120, 120)     # tower
-    bg[int(plat_y):int(plat_y + 0.04 * S), : int(0.3 * S)] = (90, 90, 90)  # platform slab
+    bg[wy:] = (25, 70, 150)
+    bg[int(plat_y):wy, : int(0.08 * S)] = (120, 120, 120)     # tower
+    bg[int(plat_y):int(plat_y + 0.04 * S), : int(0.25 * S)] = (90, 90, 90)  # platform slab
     base = Image.fromarray(bg)
+    xs = np.arange(S)[None, :]
 
-    x0, x1 = 0.26 * S, 0.62 * S
-    hip0 = plat_y - 0.5 * L
+    x0, x1 = 0.2 * S, 0.55 * S
+    c0 = plat_y - 0.35 * L  # body centre (0.15 L above the hip) standing on the platform
     total = 360.0 * f.performed_rotations + f.entry_angle
+    a_end = math.radians(total)
     out = np.empty((N_FRAMES, S, S, 3), np.uint8)
     for t in range(N_FRAMES):
         im = base.copy()
         dr = ImageDraw.Draw(im)
         if t < T_TAKEOFF:
-            pos, ang, shape = (x0, hip0), 0.0, "straight"
-        else:
-            u = min(1.0, (t - T_TAKEOFF) / (T_ENTRY - T_TAKEOFF))
-            if t < T_ENTRY:
-                y = hip0 - 0.2 * S * u * (1 - u) + (water_y - hip0) * u * u
-                pos, ang = (x0 + (x1 - x0) * u, y), total * u
-                shape = f.shape if 0.1 <= u <= 0.85 else "straight"
-            else:  # sinking along the entry angle
-                d = (t - T_ENTRY + 1) * 0.06 * S
-                a = math.radians(total)
-                pos, ang, shape = (x1 - math.sin(a) * d, water_y + abs(math.cos(a)) * d), total, "straight"
-        if t < T_ENTRY + 12:
+            pos, ang, shape = (x0, c0), 0.0, "straight"
+        elif t < T_ENTRY:
+            u = (t - T_TAKEOFF) / (T_ENTRY - T_TAKEOFF)
+            y = c0 - 0.15 * S * u * (1 - u) + (water_y - c0) * u * u
+            pos, ang = (x0 + (x1 - x0) * u, y), total * min(1.0, u / U_OPEN)
+            shape = f.shape if 0.08 <= u <= U_OPEN - 0.05 else "straight"
+        else:  # sinking along the entry angle
+            d = (t - T_ENTRY + 1) * 0.05 * S
+            pos, ang, shape = (x1 - math.sin(a_end) * d, water_y + abs(math.cos(a_end)) * d), total, "straight"
+        if t < T_ENTRY + 14:
             segs, head = _body(shape, L)
             a = math.radians(ang)
             ca, sa = math.cos(a), math.sin(a)
 
             def tr(p):
-                return (pos[0] + ca * p[0] - sa * p[1], pos[1] + sa * p[0] + ca * p[1])
+                px, py = p[0], p[1] + 0.15 * L  # rotate about the body centre
+                return (pos[0] + ca * px - sa * py, pos[1] + sa * px + ca * py)
 
             for p, q in segs:
                 dr.line([tr(p), tr(q)], fill=(220, 30, 30), width=lw)
             hx, hy = tr(head)
-            r = 0.13 * L
+            r = 0.15 * L
             dr.ellipse([hx - r, hy - r, hx + r, hy + r], fill=(250, 210, 40))
-            if t >= T_ENTRY - 1:  # what is under water is hidden
+            if pos[1] + L > water_y:  # what is under water is hidden
                 arr = np.asarray(im).copy()
-                arr[int(water_y):] = bg[int(water_y):]
+                arr[wy:] = bg[wy:]
                 im = Image.fromarray(arr)
                 dr = ImageDraw.Draw(im)
         if t >= T_ENTRY:
             k = t - T_ENTRY
-            env = min(1.0, (k + 1) / 6) * max(0.0, 1 - max(0, k - 8) / 22)
-            w = (0.04 + 0.30 * f.splash) * S * env
-            h = (0.03 + 0.40 * f.splash) * S * env
+            # foam on the water around the entry point: width and whiteness grow with the splash, lasts
+            arr = np.asarray(im).astype(np.float32)
+            half = (0.05 + 0.45 * f.splash) * S
+            foam = np.clip(1 - np.abs(xs - x1) / half, 0, 1) * (0.25 + 0.7 * f.splash)
+            foam = foam * min(1.0, (k + 1) / 4) * (1 - 0.4 * k / (N_FRAMES - T_ENTRY))
+            arr[wy:] += (np.array([240.0, 245.0, 255.0]) - arr[wy:]) * foam[..., None]
+            im = Image.fromarray(arr.astype(np.uint8))
+            dr = ImageDraw.Draw(im)
+            # the splash: rises for 6 frames, holds, fades out over ~35 frames
+            env = min(1.0, (k + 1) / 6) * max(0.0, 1 - max(0, k - 10) / 35)
+            w = (0.03 + 0.42 * f.splash) * S * env
+            h = (0.03 + 0.62 * f.splash) * S * env
             if w > 0.5:
-                dr.ellipse([x1 - w, water_y - h, x1 + w, water_y + 0.25 * h], fill=(245, 248, 255))
-                for j in range(5):  # spray droplets
-                    dx = (j - 2) * 0.45 * w
-                    dy = h * (1.1 + 0.25 * (2 - abs(j - 2)))
-                    rr = max(1.0, 0.12 * w)
-                    dr.ellipse([x1 + dx - rr, water_y - dy - rr, x1 + dx + rr, water_y - dy + rr],
-                               fill=(235, 240, 255))
+                white = (245, 248, 255)
+                dr.ellipse([x1 - w, water_y - 0.5 * h, x1 + w, water_y + 0.2 * h], fill=white)  # crown
+                dr.polygon([(x1 - 0.45 * w, water_y - 0.2 * h), (x1 - 0.15 * w, water_y - h),
+                            (x1 + 0.15 * w, water_y - h), (x1 + 0.45 * w, water_y - 0.2 * h)], fill=white)  # column
+                for dx, dy, rr in _SPRAY:  # spray droplets
+                    cx, cy, rad = x1 + dx * 1.1 * w, water_y - dy * 1.15 * h, max(1.0, 0.12 * rr * w)
+                    dr.ellipse([cx - rad, cy - rad, cx + rad, cy + rad], fill=(235, 240, 255))
         out[t] = np.asarray(im)
     return out
 
@@ -193,11 +215,14 @@ README = """Synthetic diving demo dataset (generated by `python -m data syntheti
 Layout: AQA-7 (diving-out/<idx>/img_<i>.jpg, Split_4/*.mat with unscaled scores), difficulty.csv.
 Seed {seed}, {n} videos, {size}x{size} px, {n_test} test videos.
 
-Scoring rule:
-  difficulty = 1.2 + 0.4 * declared_rotations + (tuck 0.0 | pike 0.3 | straight 0.6)
-  execution  = 10 - 5 * |rotation_error| - 2 * |entry_angle_deg| / 45 - 2 * splash
-  each of 7 judges: clip(round_to_half(execution + noise_j), 0, 10), noise_j ~ N(0, 0.25)
+Scoring rule (execution dominates; difficulty 2.85 .. 3.25):
+  difficulty = 2.7 + 0.1 * declared_rotations (1.5 | 2.5 | 3.5) + (tuck 0.0 | pike 0.1 | straight 0.2)
+  execution  = 10 - 3.5 * splash - 2.5 * |entry_angle_deg| / 45 - 2 * |rotation_error|
+  each of 7 judges: clip(round_to_half(execution + noise_j), 0, 10), noise_j ~ N(0, 0.2)
   final = clip(sum of the middle 3 awards * difficulty, 21.6, 102.6)
+What is visible: splash = width/height of the white burst and of the foam on the water (frames 57-103);
+entry_angle = tilt of the straight body over the last ~10 flight frames and while sinking;
+rotation_error = +-0.5 turn, i.e. a feet-first instead of head-first entry (declared dives are x.5 turns).
 A smaller splash, a more vertical entry and performing the declared rotations score higher.
 """
 
