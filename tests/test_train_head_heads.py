@@ -196,3 +196,34 @@ def test_learns_known_relation(name):
     rho = spearmanr(p.target.numpy(), s_te.numpy())[0]
     mse = float(((p.target - s_te) ** 2).mean())
     assert rho > 0.95 and mse < 25.0, (rho, mse, stats)      # score variance is ~250
+
+
+def test_fast_paths_match_full_tree_and_concat_input():
+    """forward_at/forward_best skip the unused leaves' last split; pair_input_proj/predict_indexed
+    split the first layer: all equal the plain computation up to float rounding."""
+    import numpy as np
+    from train_head.groups import build_groups
+    from train_head.heads import build_head
+    torch.manual_seed(0)
+    groups = build_groups(np.random.default_rng(0).random(40) * 100, depth=4, theta=100.0)
+    for name in ("core", "contrastive_mlp"):
+        h = build_head(name, feat_dim=6, theta=100.0, depth=4, hidden=8, groups=groups).double()
+        pool_f, pool_t = torch.randn(9, 6, dtype=torch.double), torch.rand(9, dtype=torch.double) * 100
+        f_q = torch.randn(5, 6, dtype=torch.double)
+        idx = torch.randint(0, 9, (5, 3))
+        mask = torch.rand(5, 3) > 0.3
+        mask[:, 0] = True
+        a, b = h.predict(f_q, pool_f[idx], pool_t[idx], mask), h.predict_indexed(f_q, pool_f, pool_t, idx, mask)
+        torch.testing.assert_close(a.target, b.target)
+        # the plain concat path
+        fq = f_q.unsqueeze(1).expand(5, 3, 6).reshape(15, 6)
+        if name == "core":
+            logp, reg = h(fq, pool_f[idx].reshape(15, 6), pool_t[idx].reshape(15))
+            k = logp.argmax(1)
+            assert torch.equal(torch.where(mask, k.reshape(5, 3), -1), a.leaf)
+            g = h.groups
+            rel = (g[k, 0] + (g[k, 1] - g[k, 0]) * reg.gather(1, k[:, None])[:, 0]).reshape(5, 3)
+        else:
+            rel = h(fq, pool_f[idx].reshape(15, 6), pool_t[idx].reshape(15)).reshape(5, 3)
+        per = pool_t[idx] + rel
+        torch.testing.assert_close(a.per_voter[mask], per[mask])

@@ -85,6 +85,26 @@ class Head(nn.Module):
         """x = concat(f_query, f_exemplar, t_exemplar / theta): (N, 2D + 1)."""
         return torch.cat([f_a, f_b, (t_b / self.theta).unsqueeze(-1).to(f_a.dtype)], dim=-1)
 
+    def pair_input_proj(self, first: nn.Linear, f_q: torch.Tensor, f_e: torch.Tensor, t_e: torch.Tensor,
+                        idx: torch.Tensor | None = None) -> torch.Tensor:
+        """``first(concat(f_q, f_e, t_e / theta))`` for every query x voter pair, without building the pairs.
+
+        The first layer is split as ``W_q f_q + W_e f_e + w_s t_e / theta + b``: each query (and each
+        exemplar) is projected once, and the projections are combined per pair, instead of running the
+        (2D+1) x hidden product on every one of the B*M pairs. f_q (B, D); with ``idx`` None f_e is (B, M, D)
+        and t_e (B, M); with ``idx`` (B, M) f_e is a pool (P, D), t_e its targets (P,), and pair (b, m) uses
+        pool entry ``idx[b, m]`` (the pool is projected once). Returns (B, M, hidden), before the activation.
+        Equal to the concatenated form up to float rounding.
+        """
+        D = f_q.shape[-1]
+        w = first.weight                                                  # (hidden, 2D + 1)
+        pq = f_q @ w[:, :D].t()                                           # (B, hidden)
+        pe = f_e @ w[:, D:2 * D].t()                                      # (B, M, hidden) | (P, hidden)
+        ts = (t_e / self.theta).to(pq.dtype)
+        if idx is not None:
+            pe, ts = pe[idx], ts[idx]                                     # (B, M, hidden), (B, M)
+        return torch.addcmul(pe + first.bias, ts.unsqueeze(-1), w[:, 2 * D]) + pq.unsqueeze(1)
+
     @staticmethod
     def _both_directions(f_q, t_q, f_e, t_e):
         """Stack (q vs e) and (e vs q): 2B rows; a mean over them averages the two directions."""
@@ -121,6 +141,13 @@ class Head(nn.Module):
 
     def predict(self, f_q, f_e=None, t_e=None, mask=None) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def predict_indexed(self, f_q, pool_f, pool_t, idx, mask=None) -> Prediction:
+        """``predict(f_q, pool_f[idx], pool_t[idx], mask)``; pairwise heads override it to project each
+        pool video once (see ``pair_input_proj``)."""
+        if not self.pairwise:
+            return self.predict(f_q)
+        return self.predict(f_q, pool_f[idx], pool_t[idx], mask)
 
     def extra_repr(self) -> str:
         return f"name={self.name}, feat_dim={self.feat_dim}, theta={self.theta:g}"
@@ -179,9 +206,17 @@ class ContrastiveMLPHead(Head):
 
     def predict(self, f_q, f_e=None, t_e=None, mask=None) -> Prediction:
         mask = self._check_voters(f_q, f_e, t_e, mask)
-        B, M, D = f_e.shape
-        fq = f_q.unsqueeze(1).expand(B, M, D).reshape(B * M, D)
-        delta = self(fq, f_e.reshape(B * M, D), t_e.reshape(B * M)).reshape(B, M)
+        return self._predict_proj(self.pair_input_proj(self.mlp[0], f_q, f_e, t_e), t_e, mask)
+
+    def predict_indexed(self, f_q, pool_f, pool_t, idx, mask=None) -> Prediction:
+        t_e = pool_t[idx]
+        mask = self._check_voters(f_q, pool_f.new_empty((*idx.shape, 0)), t_e, mask)
+        return self._predict_proj(self.pair_input_proj(self.mlp[0], f_q, pool_f, pool_t, idx), t_e, mask)
+
+    def _predict_proj(self, h, t_e, mask) -> Prediction:
+        """h (B, M, hidden): the first layer's output for every pair."""
+        B, M, _ = h.shape
+        delta = self.mlp[1:](h).squeeze(-1) * self.theta                 # (B, M)
         target, per_voter = self._vote(t_e.to(delta.dtype) + delta, mask)
         return Prediction(target, per_voter, None)
 
@@ -228,11 +263,12 @@ class CoReHead(Head):
     def loss(self, f_q, t_q, f_e=None, t_e=None):
         groups = self._groups()
         fa, ta, fb, tb = self._both_directions(f_q, t_q, f_e, t_e)
-        logp, reg = self(fa, fb, tb)
         leaf, pos, n_clamped = leaf_labels((ta - tb).detach(), groups)
-        leaf = leaf.to(logp.device)
+        leaf = leaf.to(fa.device)
+        # the loss needs only the true leaf's regression: the tree skips the other leaves' last split
+        tree = self.tree_net
+        logp, r = tree.forward_at(F.relu(tree.stem(self._pair_input(fa, fb, tb))), leaf)
         nll = F.nll_loss(logp, leaf)
-        r = reg.gather(1, leaf.unsqueeze(1)).squeeze(1)
         mse = F.mse_loss(r, pos.to(r.dtype))
         loss = nll + mse
         acc = (logp.argmax(1) == leaf).float().mean()
@@ -242,12 +278,20 @@ class CoReHead(Head):
     def predict(self, f_q, f_e=None, t_e=None, mask=None) -> Prediction:
         groups = self._groups()
         mask = self._check_voters(f_q, f_e, t_e, mask)
-        B, M, D = f_e.shape
-        fq = f_q.unsqueeze(1).expand(B, M, D).reshape(B * M, D)
-        logp, reg = self(fq, f_e.reshape(B * M, D), t_e.reshape(B * M))
-        k = logp.argmax(1)                                             # (B*M,)
-        r = reg.gather(1, k.unsqueeze(1)).squeeze(1)
-        g = groups.to(reg.dtype)
+        return self._predict_proj(self.pair_input_proj(self.tree_net.stem, f_q, f_e, t_e), t_e, mask, groups)
+
+    def predict_indexed(self, f_q, pool_f, pool_t, idx, mask=None) -> Prediction:
+        groups = self._groups()
+        t_e = pool_t[idx]
+        mask = self._check_voters(f_q, pool_f.new_empty((*idx.shape, 0)), t_e, mask)
+        h = self.pair_input_proj(self.tree_net.stem, f_q, pool_f, pool_t, idx)
+        return self._predict_proj(h, t_e, mask, groups)
+
+    def _predict_proj(self, h, t_e, mask, groups) -> Prediction:
+        """h (B, M, hidden): the stem's output (before ReLU) for every pair."""
+        B, M, H = h.shape
+        _, k, r = self.tree_net.forward_best(F.relu(h.reshape(B * M, H)))   # (B*M,), (B*M,)
+        g = groups.to(r.dtype)
         a, b = g[k, 0], g[k, 1]
         relative = (a + (b - a) * r).reshape(B, M)
         target, per_voter = self._vote(t_e.to(relative.dtype) + relative, mask)

@@ -325,8 +325,9 @@ class _Evaluator:
             outs, pvs, leaves = [], [], []
             for s in range(0, B, step):
                 idx = self.idx[s:s + step]
-                p = head.predict(self.q_feats[s:s + step], self.pool_feats[idx], self.pool_t[idx],
-                                 self.mask[s:s + step])
+                # pool indices, not gathered features: the head projects each pool video once
+                p = head.predict_indexed(self.q_feats[s:s + step], self.pool_feats, self.pool_t, idx,
+                                         self.mask[s:s + step])
                 outs.append(p.target)
                 pvs.append(p.per_voter)
                 if p.leaf is not None:

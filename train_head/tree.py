@@ -13,8 +13,15 @@ has ``2**l`` nodes; every node owns a 2-way classifier ``Linear(hidden, 2)`` and
 Each of the ``L = 2**(D-1)`` leaves has a scalar regressor ``Linear(hidden, 1)``.
 
 All nodes of a level run at once as one batched matrix product over per-node weight tensors
-``(n_nodes, in, out)`` (``torch.einsum`` -> bmm); there is no Python loop over nodes (only over the D-1
-levels), and no grouped convolution (measured ~6x slower on CPU).
+``(n_nodes, in, out)``; there is no Python loop over nodes (only over the D-1 levels), and no grouped
+convolution (measured ~6x slower on CPU). Inside the tree the activations keep the nodes as the first
+dimension, ``(n_nodes, B, hidden)``, so every level is one ``torch.baddbmm`` (bias fused) on contiguous
+per-node matrices; the only copy per level is the one that interleaves the two children of each node
+(``(n, B, 2, H)`` -> ``(2n, B, H)``). An einsum over ``(B, n, H)`` permuted its input and output every level
+(about 2x slower on CPU).
+
+``forward_hidden(h0)`` runs the tree from the root's hidden vector (after the stem's ReLU); the heads
+use it at inference to run the stem as a sum of per-video projections (see ``heads.CoReHead``).
 
 Leaf regression squashing: SPEC only says "a scalar regressor". The in-leaf position target is in [0, 1]
 and inference maps it to ``a + (b - a) * r``; squashing with a sigmoid (as the paper's reference code does)
@@ -53,6 +60,10 @@ class NodeLinear(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bni,nio->bno", h, self.weight) + self.bias
 
+    def forward_nodes_first(self, h: torch.Tensor) -> torch.Tensor:
+        """``(n_nodes, B, in_dim)`` -> ``(n_nodes, B, out_dim)`` (one baddbmm, bias fused)."""
+        return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight)
+
 
 class RegressionTree(nn.Module):
     """Binary classification tree with per-leaf regressors; see the module docstring."""
@@ -75,17 +86,77 @@ class RegressionTree(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, in_dim) -> (leaf log-probabilities (B, L), leaf regressions (B, L))."""
-        h = F.relu(self.stem(x)).unsqueeze(1)                       # (B, 1, H)
-        logp = x.new_zeros(x.shape[0], 1)                            # (B, 1) root log-prob
-        for cls, split in zip(self.classifiers, self.splits):
-            n = h.shape[1]
-            step = F.log_softmax(cls(h), dim=-1)                     # (B, n, 2)
-            logp = (logp.unsqueeze(-1) + step).reshape(-1, 2 * n)    # child 2i, 2i+1
-            h = F.relu(split(h)).reshape(-1, 2 * n, self.hidden)     # (B, 2n, H)
-        reg = self.regressors(h).squeeze(-1)                         # (B, L)
-        if self.leaf_activation == "sigmoid":
-            reg = torch.sigmoid(reg)
-        return logp, reg
+        return self.forward_hidden(F.relu(self.stem(x)))
+
+    def forward_hidden(self, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Root hidden vectors h0 (B, H) (the stem's output after ReLU) -> as ``forward``."""
+        logp, h = self._internal(h0)
+        n, B, H = h.shape
+        s = self.splits[-1].forward_nodes_first(h).relu_()                             # (n, B, 2H)
+        h = s.view(n, B, 2, H).transpose(1, 2).reshape(2 * n, B, H)                   # (L, B, H)
+        reg = self.regressors.forward_nodes_first(h).squeeze(-1)     # (L, B)
+        return logp, self._activate(reg.t().contiguous())
+
+    def forward_at(self, h0: torch.Tensor, leaf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(leaf log-probabilities (B, L), regression of leaf ``leaf[b]`` only (B,)).
+
+        Equal to ``logp, reg.gather(1, leaf[:, None])[:, 0]`` of ``forward_hidden`` up to float rounding,
+        but the last split (half of the tree's work) runs only for the one leaf each row needs."""
+        logp, h = self._internal(h0)
+        return logp, self._leaf_regression(h, leaf)
+
+    def forward_best(self, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(leaf log-probabilities (B, L), most probable leaf k (B,), its regression (B,)); inference."""
+        logp, h = self._internal(h0)
+        k = logp.argmax(1)
+        return logp, k, self._leaf_regression(h, k)
+
+    # --- pieces -----------------------------------------------------------------------------------
+    def _activate(self, reg: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(reg) if self.leaf_activation == "sigmoid" else reg
+
+    def _internal(self, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every classifier, and every split but the last: (leaf log-probs (B, L), hidden vectors of the
+        leaves' parents, nodes first (L/2, B, H))."""
+        B, H = h0.shape
+        h = h0.unsqueeze(0)                                          # (1, B, H): nodes first
+        logp = h0.new_zeros(1, B)                                    # (n, B) node log-probs
+        last = len(self.classifiers) - 1
+        for lvl, (cls, split) in enumerate(zip(self.classifiers, self.splits)):
+            n = h.shape[0]
+            step = F.log_softmax(cls.forward_nodes_first(h), dim=-1)                   # (n, B, 2)
+            logp = (logp.unsqueeze(-1) + step).transpose(1, 2).reshape(2 * n, B)      # child 2i, 2i+1
+            if lvl < last:
+                s = split.forward_nodes_first(h).relu_()                               # (n, B, 2H)
+                h = s.view(n, B, 2, H).transpose(1, 2).reshape(2 * n, B, H)           # (2n, B, H)
+        return logp.t().contiguous(), h
+
+    def _leaf_regression(self, h: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+        """Regression (after the activation) of leaf ``leaf[b]`` for every row b: (B,).
+
+        Rows are grouped by leaf (one small matmul per leaf present); the other leaves' hidden vectors
+        are never computed."""
+        n, B, H = h.shape
+        leaf = leaf.to(device=h.device, dtype=torch.long)
+        split = self.splits[-1]
+        W = split.weight.view(n, H, 2, H)
+        b = split.bias.view(n, 2, H)
+        order = torch.argsort(leaf, stable=True)
+        counts = torch.bincount(leaf, minlength=self.n_leaves).tolist()
+        pieces, start = [], 0
+        for k, c in enumerate(counts):
+            if not c:
+                continue
+            rows = order[start:start + c]
+            start += c
+            p, side = divmod(k, 2)
+            hk = torch.addmm(b[p, side], h[p].index_select(0, rows), W[p, :, side]).relu_()   # (c, H)
+            pieces.append(torch.addmm(self.regressors.bias[k], hk, self.regressors.weight[k]))  # (c, 1)
+        if not pieces:
+            return h.new_zeros(0)
+        reg = torch.cat(pieces).squeeze(1)
+        out = torch.empty_like(reg).index_copy(0, order, reg) if B else reg
+        return self._activate(out)
 
     def extra_repr(self) -> str:
         return (f"in_dim={self.in_dim}, hidden={self.hidden}, depth={self.depth}, leaves={self.n_leaves}, "
