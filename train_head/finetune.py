@@ -19,7 +19,7 @@ The parts come from the rest of the project; this module only wires them (docs/F
   * pairs (`train_pairs`, same difficulty for DD heads), groups (`build_groups` on the training pool's
     targets), heads (`build_head`, `head.loss`), validation carving (`carve_validation`), selection
     protocol (val-selected / final / best-on-test in its own field), run-folder writing
-    (`_write_predictions`, metrics.csv) all come from train_head.
+    (`write_predictions`, metrics.csv) all come from train_head.
   * optimiser: Adam, backbone lr 1e-4, head lr 1e-3, no weight decay; `batch_size` pairs per micro-step
     (global, over all ranks), gradients accumulated over `grad_accum` micro-steps per update.
   * evaluation every `val_every` epochs (and at the last): test-view features of the training pool,
@@ -56,13 +56,12 @@ from data.transforms import FrameConfig, TEST_VIEW, View, apply_view, clip_start
 from extract import dist as xdist
 from extract.i3d import ENDPOINTS, I3D, BatchNorm3dNoScale
 from train_head.config import ConfigError, config_record, dump_json
-from train_head.groups import build_groups, leaf_labels
 from train_head.heads import HEADS, build_head
-from train_head.metrics import all_metrics
 from train_head.pairs import train_pairs
-from train_head.trainer import (CacheData, TrainError, Unit, _atomic_torch_save, _atomic_write_text, _cpu_state,
-                                _Evaluator, _metrics_csv, _nan_to_none, _OncePerMessage, _write_predictions,
-                                carve_validation, is_complete, select_unit)
+from train_head.trainer import (CacheData, Evaluator, OncePerMessage, TrainError, Unit, atomic_torch_save,
+                                atomic_write_text, carve_validation, cpu_state, is_complete, metrics_csv,
+                                run_groups, run_summary, run_targets, select_unit, update_best, write_leaf_counts,
+                                write_predictions, write_split)
 
 __all__ = ["FinetuneConfig", "resolve_finetune_config", "finetune", "FrozenBNI3D", "FinetuneModel", "build_optimizer", "Aug",
            "draw_augs", "augment", "crop_flip", "ClipDataset", "finetune_command", "register", "finetune_cli_main"]
@@ -464,12 +463,12 @@ def finetune(cfg: FinetuneConfig, *, force: bool = False, progress: bool = True,
                     (run_dir / name).unlink(missing_ok=True)
             run_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
-                _atomic_write_text(run_dir / "config.json", dump_json(record))
+                atomic_write_text(run_dir / "config.json", dump_json(record))
         xdist.barrier(info)
         prev_det = torch.are_deterministic_algorithms_enabled()
         prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
         torch.use_deterministic_algorithms(True, warn_only=True)
-        pairs_log, once = logging.getLogger("train_head.pairs"), _OncePerMessage()
+        pairs_log, once = logging.getLogger("train_head.pairs"), OncePerMessage()
         pairs_log.addFilter(once)
         try:
             return _finetune(cfg, ds, run_dir, resume, device, info, progress, on_epoch_end)
@@ -506,34 +505,11 @@ def _finetune(cfg: FinetuneConfig, ds, run_dir: Path, resume: bool, device: torc
                                          np.random.default_rng([cfg.seed, 1]))
     unit = Unit(trainval[pool_pos], trainval[val_pos], test)
     diff = data.difficulty
-    if head_cls.dd:
-        used = np.concatenate([unit.train, unit.val, unit.test])
-        bad = ~(np.isfinite(diff[used]) & (diff[used] > 0))
-        if bad.any():
-            raise TrainError(f"head {cfg.head!r} divides scores by difficulty, but {int(bad.sum())} videos of "
-                             f"{cfg.root} have none (e.g. {data.video_ids[used][bad][0]}); use a head without '_dd'")
-        targets = data.scores / np.where(np.isfinite(diff) & (diff > 0), diff, 1.0)
-    else:
-        targets = data.scores.copy()
-    d_tr = diff[unit.train] if head_cls.dd else None
-    groups, n_clamped = None, 0
-    if head_cls.tree:
-        try:
-            groups = build_groups(targets[unit.train], depth=cfg.depth, theta=cfg.theta, difficulty=d_tr)
-        except ValueError as exc:
-            raise TrainError(f"{run_dir}: cannot build the leaf intervals: {exc}") from None
-        t = targets[unit.train]
-        i, j = np.nonzero(~np.eye(t.size, dtype=bool))
-        if d_tr is not None:
-            same = d_tr[i] == d_tr[j]
-            i, j = i[same], j[same]
-        n_clamped = int(leaf_labels(t[i] - t[j], groups)[2])
-        if info.is_main:
-            _atomic_write_text(run_dir / "groups.json", dump_json(
-                {"groups": groups.tolist(), "theta": cfg.theta, "n_clamped": n_clamped, "n_pairs": int(i.size)}))
+    targets, d_tr = run_targets(head_cls, data, unit, source=cfg.root, hint="use a head without '_dd'")
+    groups, n_clamped = run_groups(head_cls, targets, unit, d_tr, cfg.depth, cfg.theta, run_dir,
+                                   write=info.is_main)
     if info.is_main:
-        _atomic_write_text(run_dir / "split.json", dump_json(
-            {k: data.video_ids[getattr(unit, k)].tolist() for k in ("train", "val", "test")}))
+        write_split(run_dir, data, unit)
 
     # ---- model and optimiser
     cuda = device.type == "cuda"
@@ -580,7 +556,7 @@ def _finetune(cfg: FinetuneConfig, ds, run_dir: Path, resume: bool, device: torc
         """Test-view features of the pool, val and test videos from the current (or `state`'s) model."""
         was = model.training
         if state is not None:
-            keep = _cpu_state(model)
+            keep = cpu_state(model)
             model.load_state_dict(state)
         model.eval()
         mine = xdist.shard(list(ev_pos), info)
@@ -607,7 +583,7 @@ def _finetune(cfg: FinetuneConfig, ds, run_dir: Path, resume: bool, device: torc
         pool = stack(unit.train)
         t_tr = t_all[unit.train].to(device)
         ev_rng = np.random.default_rng([cfg.seed, 2])           # same voters at every evaluation
-        mk = [_Evaluator(head_cls, stack(p), data.scores[p], diff[p] if head_cls.dd else None, pool, t_tr,
+        mk = [Evaluator(head_cls, stack(p), data.scores[p], diff[p] if head_cls.dd else None, pool, t_tr,
                          d_tr, cfg.voters, ev_rng) for p in (unit.val, unit.test)]
         return mk[0], mk[1]
 
@@ -691,17 +667,16 @@ def _finetune(cfg: FinetuneConfig, ds, run_dir: Path, resume: bool, device: torc
         row.update({f"test_{k}": v for k, v in tm.items()})
         rows.append(row)
         if evaluated:
-            r, prev = vm["rho"], best["val_rho"]
-            if best["epoch"] is None or (not math.isnan(r) and (prev is None or math.isnan(prev) or r > prev)):
-                best = {"epoch": epoch, "val_rho": None if math.isnan(r) else r}
-                best_state = _cpu_state(model)
+            new_best = update_best(best, epoch, vm["rho"])
+            if new_best is not None:
+                best, best_state = new_best, cpu_state(model)
         if bar is not None:
             bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{vm['rho']:.3f}", test=f"{tm['rho']:.3f}")
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
             if info.is_main:
-                _atomic_write_text(run_dir / "metrics.csv", _metrics_csv(rows))
-                _atomic_torch_save({
-                    "model": _cpu_state(model), "optim": optim.state_dict(), "epoch": epoch,
+                atomic_write_text(run_dir / "metrics.csv", metrics_csv(rows))
+                atomic_torch_save({
+                    "model": cpu_state(model), "optim": optim.state_dict(), "epoch": epoch,
                     "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
                     "rows": json.dumps(rows), "best": json.dumps(best), "best_model": best_state,
                 }, run_dir / "checkpoint.pt")
@@ -712,7 +687,7 @@ def _finetune(cfg: FinetuneConfig, ds, run_dir: Path, resume: bool, device: torc
         bar.close()
 
     # ---- selected and final models on the test set
-    final_state = _cpu_state(model)
+    final_state = cpu_state(model)
     if last_feats is None:           # resumed after the last epoch's checkpoint
         last_feats = eval_features()
     sel_feats = last_feats if best["epoch"] == cfg.epochs else eval_features(best_state)
@@ -724,42 +699,20 @@ def _finetune(cfg: FinetuneConfig, ds, run_dir: Path, resume: bool, device: torc
     if not info.is_main:
         xdist.barrier(info)
         return run_dir
-    _atomic_write_text(run_dir / "metrics.csv", _metrics_csv(rows))
-    _atomic_torch_save(_sub(final_state, "head."), run_dir / "model_final.pt")
-    _atomic_torch_save(_sub(best_state, "head."), run_dir / "model_selected.pt")
-    _atomic_torch_save(_sub(final_state, "backbone.i3d."), run_dir / "backbone_final.pt")
-    _atomic_torch_save(_sub(best_state, "backbone.i3d."), run_dir / "backbone_selected.pt")
-    _write_predictions(run_dir, data, unit, test_eval, sel_pred, sel_pv, fin_pred, fin_pv)
+    atomic_write_text(run_dir / "metrics.csv", metrics_csv(rows))
+    atomic_torch_save(_sub(final_state, "head."), run_dir / "model_final.pt")
+    atomic_torch_save(_sub(best_state, "head."), run_dir / "model_selected.pt")
+    atomic_torch_save(_sub(final_state, "backbone.i3d."), run_dir / "backbone_final.pt")
+    atomic_torch_save(_sub(best_state, "backbone.i3d."), run_dir / "backbone_selected.pt")
+    write_predictions(run_dir, data, unit, test_eval, sel_pred, sel_pv, fin_pred, fin_pv)
     if head_cls.tree:
-        L = 2 ** (cfg.depth - 1)
-
-        def counts(leaf):
-            return [0] * L if leaf is None else np.bincount(leaf[leaf >= 0].ravel(), minlength=L).tolist()
-        _atomic_write_text(run_dir / "leaf_counts.json", dump_json(
-            {"selected": counts(sel_leaf), "final": counts(fin_leaf), "n_leaves": L}))
-    ev = [r for r in rows if not math.isnan(r["test_rho"])] or rows
-    bt = max(ev, key=lambda r: (-math.inf if math.isnan(r["test_rho"]) else r["test_rho"], -r["epoch"]))
-    sel_row = next(r for r in rows if r["epoch"] == best["epoch"])
-    fin_row = rows[-1]
-    true = data.scores[unit.test]
-    summary = {
-        "dataset": cfg.dataset, "cls": cfg.cls if cfg.cls is not None else str(data.cls[unit.test][0]),
-        "protocol": cfg.protocol, "fold": cfg.fold, "head": cfg.head, "tag": cfg.tag, "seed": cfg.seed,
-        "mode": "finetune", "selected_epoch": best["epoch"], "final_epoch": cfg.epochs,
-        "selected": _nan_to_none({**all_metrics(sel_pred, true), "val_rho": sel_row["val_rho"],
-                                  "val_l2": sel_row["val_l2"], "val_rl2": sel_row["val_rl2"]}),
-        "final": _nan_to_none({**all_metrics(fin_pred, true), "val_rho": fin_row["val_rho"],
-                               "val_l2": fin_row["val_l2"], "val_rl2": fin_row["val_rl2"]}),
-        "best_on_test": _nan_to_none({"epoch": bt["epoch"], "rho": bt["test_rho"], "l2": bt["test_l2"],
-                                      "rl2": bt["test_rl2"]}),
-        "selection": "best validation rho, ties -> earliest epoch; test never used",
-        "n_train": int(len(unit.train)), "n_val": int(len(unit.val)), "n_test": int(len(unit.test)),
-        "n_dropped_pairs": int(n_dropped_pairs), "n_clamped": n_clamped,
-        "voters": cfg.voters if head_cls.pairwise else 0, "world_size": info.world_size,
-        "complete": True,
-    }
-    _atomic_write_text(run_dir / "timing.json", dump_json({"seconds": time.perf_counter() - t_start}))
-    _atomic_write_text(run_dir / "summary.json", dump_json(summary))
+        write_leaf_counts(run_dir, cfg.depth, sel_leaf, fin_leaf)
+    summary = run_summary(cfg, data, unit, cfg.dataset, rows, best, sel_pred, fin_pred,
+                          n_dropped_pairs=n_dropped_pairs, n_clamped=n_clamped,
+                          voters=cfg.voters if head_cls.pairwise else 0, mode="finetune",
+                          extra={"world_size": info.world_size})
+    atomic_write_text(run_dir / "timing.json", dump_json({"seconds": time.perf_counter() - t_start}))
+    atomic_write_text(run_dir / "summary.json", dump_json(summary))
     xdist.barrier(info)
     log.info("%s: selected epoch %s test rho %s (final %s)", run_dir, best["epoch"],
              summary["selected"]["rho"], summary["final"]["rho"])

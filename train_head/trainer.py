@@ -220,34 +220,46 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _set_deterministic(mode: bool, *, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms`` without its import of torch._inductor (~3 s on first use,
+    a large share of a small run); that import only serves compiled code, which stage two never uses.
+    Once torch._inductor is loaded (someone compiles), the public call keeps its config in step."""
+    import sys
+
+    if "torch._inductor" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 def _fmt(x: float) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else repr(float(x))
 
 
-def _metrics_csv(rows: list[dict]) -> str:
+def metrics_csv(rows: list[dict]) -> str:
     lines = [",".join(METRIC_COLUMNS)]
     for r in rows:
         lines.append(",".join(str(r["epoch"]) if c == "epoch" else _fmt(r[c]) for c in METRIC_COLUMNS))
     return "\n".join(lines) + "\n"
 
 
-def _nan_to_none(d: Mapping[str, Any]) -> dict[str, Any]:
+def nan_to_none(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
@@ -260,7 +272,7 @@ def _same_config(run_dir: Path, cfg: RunConfig, data: CacheData, dataset: str) -
     return old == {**cfg.to_dict(), "dataset": dataset}
 
 
-class _OncePerMessage(logging.Filter):
+class OncePerMessage(logging.Filter):
     """Lets each distinct message through once (train_pairs warns about the same dropped queries every
     epoch)."""
 
@@ -285,7 +297,7 @@ def is_complete(run_dir: Path) -> bool:
         return False
 
 
-class _Evaluator:
+class Evaluator:
     """Predicts a fixed query set against a fixed voter draw from the training pool.
 
     All queries x voters go through the head in a few large batches of `_INFER_PAIRS` pairs.
@@ -396,15 +408,15 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
         old = json.loads(cfg_path.read_text())
         if old.get("git_commit") != record["git_commit"]:
             old.setdefault("resumed_git_commits", []).append(record["git_commit"])
-            _atomic_write_text(cfg_path, dump_json(old))
+            atomic_write_text(cfg_path, dump_json(old))
     else:
-        _atomic_write_text(cfg_path, dump_json(record))
+        atomic_write_text(cfg_path, dump_json(record))
 
     t_start = time.perf_counter()
     prev_det = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    pairs_log, once = logging.getLogger("train_head.pairs"), _OncePerMessage()
+    _set_deterministic(True, warn_only=True)
+    pairs_log, once = logging.getLogger("train_head.pairs"), OncePerMessage()
     pairs_log.addFilter(once)
     prev_threads = torch.get_num_threads()
     if cfg.threads:
@@ -412,7 +424,7 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
     try:
         return _train(cfg, head_cls, data, dataset, run_dir, resume, on_epoch_end, progress, t_start)
     finally:
-        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        _set_deterministic(prev_det, warn_only=prev_warn)
         pairs_log.removeFilter(once)
         torch.set_num_threads(prev_threads)
 
@@ -427,39 +439,12 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
                                          np.random.default_rng([cfg.seed, 1]))
     unit = Unit(trainval[pool_pos], trainval[val_pos], test)
     diff = data.difficulty
-    if head_cls.dd:
-        used = np.concatenate([unit.train, unit.val, unit.test])
-        bad = ~(np.isfinite(diff[used]) & (diff[used] > 0))
-        if bad.any():
-            raise TrainError(f"head {cfg.head!r} divides scores by difficulty, but {int(bad.sum())} videos of "
-                             f"{data.path} have none (e.g. {data.video_ids[used][bad][0]}); use the head "
-                             f"without '_dd' (e.g. {cfg.head[:-3]!r})")
-        targets = data.scores / np.where(np.isfinite(diff) & (diff > 0), diff, 1.0)
-    else:
-        targets = data.scores.copy()
-    d_tr = diff[unit.train] if head_cls.dd else None
+    targets, d_tr = run_targets(head_cls, data, unit, source=data.path,
+                                hint=f"use the head without '_dd' (e.g. {cfg.head[:-3]!r})")
 
     # ---- groups from the training pool only
-    n_clamped = 0
-    groups = None
-    if head_cls.tree:
-        try:
-            groups = build_groups(targets[unit.train], depth=cfg.depth, theta=cfg.theta, difficulty=d_tr)
-        except ValueError as exc:
-            raise TrainError(f"{run_dir}: cannot build the leaf intervals: {exc}") from None
-        t = targets[unit.train]
-        i, j = np.nonzero(~np.eye(t.size, dtype=bool))     # ordered pairs, both directions
-        if d_tr is not None:
-            same = d_tr[i] == d_tr[j]
-            i, j = i[same], j[same]
-        n_clamped = int(leaf_labels(t[i] - t[j], groups)[2])
-        if n_clamped:
-            log.warning("%s: %d of %d training pair deltas exceed theta=%g and are clamped into the outer "
-                        "leaves", run_dir, n_clamped, i.size, cfg.theta)
-        _atomic_write_text(run_dir / "groups.json", dump_json(
-            {"groups": groups.tolist(), "theta": cfg.theta, "n_clamped": n_clamped, "n_pairs": int(i.size)}))
-    _atomic_write_text(run_dir / "split.json", dump_json(
-        {k: data.video_ids[getattr(unit, k)].tolist() for k in ("train", "val", "test")}))
+    groups, n_clamped = run_groups(head_cls, targets, unit, d_tr, cfg.depth, cfg.theta, run_dir)
+    write_split(run_dir, data, unit)
 
     # ---- tensors on the device
     F = torch.from_numpy(data.feats).to(device)                        # (N, V, D)
@@ -472,7 +457,7 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
     eval_rng = np.random.default_rng([cfg.seed, 2])                    # fixed voters for val and test
 
     def evaluator(pos):
-        return _Evaluator(head_cls, F[torch.from_numpy(pos).to(device), tv], data.scores[pos],
+        return Evaluator(head_cls, F[torch.from_numpy(pos).to(device), tv], data.scores[pos],
                           diff[pos] if head_cls.dd else None, pool_feats, t_tr, d_tr, cfg.voters, eval_rng)
 
     val_eval, test_eval = evaluator(unit.val), evaluator(unit.test)
@@ -550,20 +535,16 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
         row.update({f"test_{k}": x for k, x in tm.items()})
         rows.append(row)
         if evaluated:
-            r = vm["rho"]
-            prev = best["val_rho"]
-            better = (best["epoch"] is None or len(val_eval) == 0     # no validation: the last epoch
-                      or (not math.isnan(r) and (prev is None or math.isnan(prev) or r > prev)))
-            if better:
-                best = {"epoch": epoch, "val_rho": None if math.isnan(r) else r}
-                best_state = _cpu_state(head)
+            new_best = update_best(best, epoch, vm["rho"], always=len(val_eval) == 0)  # no val: last epoch
+            if new_best is not None:
+                best, best_state = new_best, cpu_state(head)
         if bar is not None:
             bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{vm['rho']:.3f}", test=f"{tm['rho']:.3f}")
 
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-            _atomic_write_text(run_dir / "metrics.csv", _metrics_csv(rows))
-            _atomic_torch_save({
-                "model": _cpu_state(head), "optim": optim.state_dict(), "epoch": epoch,
+            atomic_write_text(run_dir / "metrics.csv", metrics_csv(rows))
+            atomic_torch_save({
+                "model": cpu_state(head), "optim": optim.state_dict(), "epoch": epoch,
                 "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
                 "rows": json.dumps(rows), "best": json.dumps(best), "best_model": best_state,
             }, run_dir / "checkpoint.pt")
@@ -572,60 +553,136 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
     if bar is not None:
         bar.close()
 
-    _atomic_write_text(run_dir / "metrics.csv", _metrics_csv(rows))
-    final_state = _cpu_state(head)
+    atomic_write_text(run_dir / "metrics.csv", metrics_csv(rows))
+    final_state = cpu_state(head)
     if best_state is None:            # val_every > epochs cannot happen (last epoch evaluates); be safe
         best, best_state = {"epoch": cfg.epochs, "val_rho": None}, final_state
-    _atomic_torch_save(final_state, run_dir / "model_final.pt")
-    _atomic_torch_save(best_state, run_dir / "model_selected.pt")
+    atomic_torch_save(final_state, run_dir / "model_final.pt")
+    atomic_torch_save(best_state, run_dir / "model_selected.pt")
 
     # ---- test predictions of the selected and final models
     head.load_state_dict(best_state)
     sel_pred, sel_pv, sel_leaf = test_eval.predict(head)
     head.load_state_dict(final_state)
     fin_pred, fin_pv, fin_leaf = test_eval.predict(head)
-    _write_predictions(run_dir, data, unit, test_eval, sel_pred, sel_pv, fin_pred, fin_pv)
+    write_predictions(run_dir, data, unit, test_eval, sel_pred, sel_pv, fin_pred, fin_pv)
     if head_cls.tree:
-        L = 2 ** (cfg.depth - 1)
-
-        def counts(leaf):
-            if leaf is None:
-                return [0] * L
-            return np.bincount(leaf[leaf >= 0].ravel(), minlength=L).tolist()
-        _atomic_write_text(run_dir / "leaf_counts.json", dump_json(
-            {"selected": counts(sel_leaf), "final": counts(fin_leaf), "n_leaves": L}))
-
-    ev = [r for r in rows if not math.isnan(r["test_rho"])] or rows
-    bt = max(ev, key=lambda r: (-math.inf if math.isnan(r["test_rho"]) else r["test_rho"], -r["epoch"]))
-    sel_row = next(r for r in rows if r["epoch"] == best["epoch"])
-    fin_row = rows[-1]
-    summary = {
-        "dataset": dataset, "cls": cfg.cls if cfg.cls is not None else str(data.cls[unit.test][0]),
-        "protocol": cfg.protocol, "fold": cfg.fold, "head": cfg.head, "tag": cfg.tag, "seed": cfg.seed,
-        "selected_epoch": best["epoch"], "final_epoch": cfg.epochs,
-        "selected": _nan_to_none({**all_metrics(sel_pred, data.scores[unit.test]),
-                                  "val_rho": sel_row["val_rho"], "val_l2": sel_row["val_l2"],
-                                  "val_rl2": sel_row["val_rl2"]}),
-        "final": _nan_to_none({**all_metrics(fin_pred, data.scores[unit.test]),
-                               "val_rho": fin_row["val_rho"], "val_l2": fin_row["val_l2"],
-                               "val_rl2": fin_row["val_rl2"]}),
-        "best_on_test": _nan_to_none({"epoch": bt["epoch"], "rho": bt["test_rho"], "l2": bt["test_l2"],
-                                      "rl2": bt["test_rl2"]}),
-        "selection": ("best validation rho, ties -> earliest epoch; test never used" if len(unit.val)
-                      else "no validation split (val_fraction=0): the final epoch"),
-        "n_train": int(len(unit.train)), "n_val": int(len(unit.val)), "n_test": int(len(unit.test)),
-        "n_dropped_pairs": int(n_dropped_pairs), "n_clamped": n_clamped,
-        "voters": cfg.voters if head_cls.pairwise else 0,
-        "complete": True,
-    }
-    _atomic_write_text(run_dir / "timing.json", dump_json({"seconds": time.perf_counter() - t_start}))
-    _atomic_write_text(run_dir / "summary.json", dump_json(summary))
+        write_leaf_counts(run_dir, cfg.depth, sel_leaf, fin_leaf)
+    summary = run_summary(cfg, data, unit, dataset, rows, best, sel_pred, fin_pred,
+                          n_dropped_pairs=n_dropped_pairs, n_clamped=n_clamped,
+                          voters=cfg.voters if head_cls.pairwise else 0, has_val=len(unit.val) > 0)
+    atomic_write_text(run_dir / "timing.json", dump_json({"seconds": time.perf_counter() - t_start}))
+    atomic_write_text(run_dir / "summary.json", dump_json(summary))
     log.info("%s: selected epoch %s test rho %.4f (final %.4f)", run_dir, best["epoch"],
              summary["selected"]["rho"] or math.nan, summary["final"]["rho"] or math.nan)
     return run_dir
 
 
-def _write_predictions(run_dir: Path, data: CacheData, unit: Unit, ev: _Evaluator, sel_pred, sel_pv,
+# ------------------------------------------------------------------- shared with train_head.finetune
+def run_targets(head_cls, data: CacheData, unit: Unit, *, source: Any, hint: str
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(targets of every video, difficulty of the training pool or None).
+
+    Targets are scores, or completeness = score / difficulty for dd heads, which then need a positive
+    difficulty on every used video (TrainError naming `source` and ending with `hint` otherwise)."""
+    diff = data.difficulty
+    if not head_cls.dd:
+        return data.scores.copy(), None
+    used = np.concatenate([unit.train, unit.val, unit.test])
+    bad = ~(np.isfinite(diff[used]) & (diff[used] > 0))
+    if bad.any():
+        raise TrainError(f"head {head_cls.name!r} divides scores by difficulty, but {int(bad.sum())} videos of "
+                         f"{source} have none (e.g. {data.video_ids[used][bad][0]}); {hint}")
+    return data.scores / np.where(np.isfinite(diff) & (diff > 0), diff, 1.0), diff[unit.train]
+
+
+def run_groups(head_cls, targets: np.ndarray, unit: Unit, d_tr: np.ndarray | None, depth: int, theta: float,
+               run_dir: Path, *, write: bool = True) -> tuple[np.ndarray | None, int]:
+    """(leaf intervals from the training pool, number of clamped training pair deltas); (None, 0) for heads
+    without a tree. Writes groups.json when `write` (the main process). Warns when deltas are clamped."""
+    if not head_cls.tree:
+        return None, 0
+    t = targets[unit.train]
+    try:
+        groups = build_groups(t, depth=depth, theta=theta, difficulty=d_tr)
+    except ValueError as exc:
+        raise TrainError(f"{run_dir}: cannot build the leaf intervals: {exc}") from None
+    i, j = np.nonzero(~np.eye(t.size, dtype=bool))     # ordered pairs, both directions
+    if d_tr is not None:
+        same = d_tr[i] == d_tr[j]
+        i, j = i[same], j[same]
+    n_clamped = int(leaf_labels(t[i] - t[j], groups)[2])
+    if n_clamped:
+        log.warning("%s: %d of %d training pair deltas exceed theta=%g and are clamped into the outer "
+                    "leaves", run_dir, n_clamped, i.size, theta)
+    if write:
+        atomic_write_text(run_dir / "groups.json", dump_json(
+            {"groups": groups.tolist(), "theta": theta, "n_clamped": n_clamped, "n_pairs": int(i.size)}))
+    return groups, n_clamped
+
+
+def write_split(run_dir: Path, data: CacheData, unit: Unit) -> None:
+    """split.json: the video ids of the training pool, validation and test sets."""
+    atomic_write_text(run_dir / "split.json", dump_json(
+        {k: data.video_ids[getattr(unit, k)].tolist() for k in ("train", "val", "test")}))
+
+
+def update_best(best: Mapping[str, Any], epoch: int, rho: float, *, always: bool = False) -> dict | None:
+    """The new best-epoch record when validation rho `rho` of `epoch` beats `best` (the first evaluated
+    epoch always does; ties keep the earlier epoch; NaN never beats), else None. `always`: every call wins
+    (no validation set: the last evaluated epoch is selected)."""
+    prev = best["val_rho"]
+    if (best["epoch"] is None or always
+            or (not math.isnan(rho) and (prev is None or math.isnan(prev) or rho > prev))):
+        return {"epoch": epoch, "val_rho": None if math.isnan(rho) else rho}
+    return None
+
+
+def write_leaf_counts(run_dir: Path, depth: int, sel_leaf, fin_leaf) -> None:
+    """leaf_counts.json: how often each leaf was the most probable one over the test voters."""
+    L = 2 ** (depth - 1)
+
+    def counts(leaf):
+        return [0] * L if leaf is None else np.bincount(leaf[leaf >= 0].ravel(), minlength=L).tolist()
+    atomic_write_text(run_dir / "leaf_counts.json", dump_json(
+        {"selected": counts(sel_leaf), "final": counts(fin_leaf), "n_leaves": L}))
+
+
+def run_summary(cfg, data: CacheData, unit: Unit, dataset: str, rows: list[dict], best: Mapping[str, Any],
+                sel_pred: np.ndarray, fin_pred: np.ndarray, *, n_dropped_pairs: int, n_clamped: int, voters: int,
+                has_val: bool = True, mode: str | None = None, extra: Mapping[str, Any] | None = None) -> dict:
+    """summary.json's dict (docs/ARCHITECTURE.md, "Run folder"): selected / final test metrics with their
+    validation numbers, best epoch on test (reported only), counts; `mode` (after "seed") and `extra`
+    (before "complete") add fields."""
+    ev = [r for r in rows if not math.isnan(r["test_rho"])] or rows
+    bt = max(ev, key=lambda r: (-math.inf if math.isnan(r["test_rho"]) else r["test_rho"], -r["epoch"]))
+    sel_row = next(r for r in rows if r["epoch"] == best["epoch"])
+    fin_row = rows[-1]
+    true = data.scores[unit.test]
+    summary: dict[str, Any] = {
+        "dataset": dataset, "cls": cfg.cls if cfg.cls is not None else str(data.cls[unit.test][0]),
+        "protocol": cfg.protocol, "fold": cfg.fold, "head": cfg.head, "tag": cfg.tag, "seed": cfg.seed}
+    if mode is not None:
+        summary["mode"] = mode
+    summary.update({
+        "selected_epoch": best["epoch"], "final_epoch": cfg.epochs,
+        "selected": nan_to_none({**all_metrics(sel_pred, true), "val_rho": sel_row["val_rho"],
+                                 "val_l2": sel_row["val_l2"], "val_rl2": sel_row["val_rl2"]}),
+        "final": nan_to_none({**all_metrics(fin_pred, true), "val_rho": fin_row["val_rho"],
+                              "val_l2": fin_row["val_l2"], "val_rl2": fin_row["val_rl2"]}),
+        "best_on_test": nan_to_none({"epoch": bt["epoch"], "rho": bt["test_rho"], "l2": bt["test_l2"],
+                                     "rl2": bt["test_rl2"]}),
+        "selection": ("best validation rho, ties -> earliest epoch; test never used" if has_val
+                      else "no validation split (val_fraction=0): the final epoch"),
+        "n_train": int(len(unit.train)), "n_val": int(len(unit.val)), "n_test": int(len(unit.test)),
+        "n_dropped_pairs": int(n_dropped_pairs), "n_clamped": n_clamped, "voters": voters,
+    })
+    summary.update(extra or {})
+    summary["complete"] = True
+    return summary
+
+
+def write_predictions(run_dir: Path, data: CacheData, unit: Unit, ev: Evaluator, sel_pred, sel_pv,
                        fin_pred, fin_pv) -> None:
     import pandas as pd
 
