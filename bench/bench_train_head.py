@@ -81,6 +81,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--rebuild", action="store_true", help="rewrite the fake cache")
+    ap.add_argument("--cache", default=str(CACHE), help="fake cache path (written when missing)")
+    ap.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "runs"), help="run folder root "
+                    "(deleted first)")
+    ap.add_argument("--checkpoint-every", type=int, default=None,
+                    help="checkpoint.pt every k epochs (default: the config's default)")
     args = ap.parse_args()
 
     import torch
@@ -89,22 +94,25 @@ def main() -> None:
     from train_head.presets import default_preset
     from train_head.trainer import load_cache_data, train
 
-    if args.rebuild or not CACHE.is_file():
+    cache = Path(args.cache)
+    if args.rebuild or not cache.is_file():
         t = time.perf_counter()
-        make_cache(CACHE)
-        print(f"wrote {CACHE} ({CACHE.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s")
-    out = ROOT / "artifacts" / "bench" / "runs"
+        make_cache(cache)
+        print(f"wrote {cache} ({cache.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s")
+    out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    load_cache_data(CACHE, "mtl_aqa")
+    load_cache_data(cache, "mtl_aqa")
     t_load = time.perf_counter() - t0
-    cfg = resolve_config(default_preset("mtl_aqa", args.head), cache=str(CACHE), head=args.head,
-                         epochs=args.epochs, device=args.device, out=str(out), threads=args.threads)
+    extra = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
+    cfg = resolve_config(default_preset("mtl_aqa", args.head), cache=str(cache), head=args.head,
+                         epochs=args.epochs, device=args.device, out=str(out), threads=args.threads, **extra)
     t1 = time.perf_counter()
     run = train(cfg, progress=False)
     t_train = time.perf_counter() - t1
     print(f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, device {args.device}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"checkpoint every {cfg.checkpoint_every} epochs")
     print(f"cache load + mean over clips: {t_load:.1f} s")
     print(f"train {args.head}, {args.epochs} epochs (val+test every epoch, {cfg.voters} voters, batch "
           f"{cfg.batch_size}): {t_train:.1f} s  ({t_train / args.epochs * 1000:.0f} ms/epoch)")
