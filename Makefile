@@ -118,10 +118,11 @@ test: setup-test
 	  if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (broken test suite)" >&2; fi; \
 	  exit $$status
 
+# Speed scripts (numbers printed, nothing asserted); run from the repository root as modules.
 bench: setup
-	$(PY) bench/bench_i3d.py
-	$(PY) bench/bench_extract.py
-	$(PY) bench/bench_train_head.py
+	$(PY) -m bench.bench_i3d
+	$(PY) -m bench.bench_extract
+	$(PY) -m bench.bench_train_head
 
 clean:
 	rm -rf $(ART)

@@ -1,7 +1,7 @@
 """Throughput of the I3D backbone: clips/s, FLOPs per clip and fraction of the machine's peak.
 
-    .venv/bin/python bench/bench_i3d.py --threads 2          # CPU float32: unfused/fused x NCDHW/channels_last_3d
-    .venv/bin/python bench/bench_i3d.py --device cuda        # + bf16 autocast and channels_last_3d
+    .venv/bin/python -m bench.bench_i3d --threads 2          # CPU float32: unfused/fused x NCDHW/channels_last_3d
+    .venv/bin/python -m bench.bench_i3d --device cuda        # + bf16 autocast and channels_last_3d
 
 FLOPs are counted analytically from the convolution shapes of one forward_features pass (2 FLOPs per
 multiply-add; pooling, batch norm and relu are not counted) and cross-checked with
@@ -19,9 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere inside the repo
-
-from extract.i3d import I3D, Unit3D  # noqa: E402
+from extract.i3d import I3D, Unit3D
 
 
 def conv_flops_per_clip(model: I3D, frames: int, size: int) -> float:
