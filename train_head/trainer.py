@@ -512,7 +512,9 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
         n_items = q.numel()
         n_batches = max(1, math.ceil(n_items / bs))
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        optim.zero_grad(set_to_none=True)
+        # zeroing (not freeing) the gradients: the next backward adds into the same buffers (0 + g = g),
+        # instead of allocating ~10 MB of fresh gradient memory every step (page faults: ~20% of a step)
+        optim.zero_grad(set_to_none=False)
         for b in range(n_batches):
             qb = q[b * bs:(b + 1) * bs]
             if e is not None:
@@ -524,7 +526,7 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
             loss_sum += loss.detach().double() * qb.numel()
             if (b + 1) % accum == 0 or b + 1 == n_batches:
                 optim.step()
-                optim.zero_grad(set_to_none=True)
+                optim.zero_grad(set_to_none=False)
         train_loss = float(loss_sum.item()) / max(1, n_items)
 
         row = {"epoch": epoch, "train_loss": train_loss}

@@ -134,29 +134,28 @@ class RegressionTree(nn.Module):
     def _leaf_regression(self, h: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
         """Regression (after the activation) of leaf ``leaf[b]`` for every row b: (B,).
 
-        Rows are grouped by leaf (one small matmul per leaf present); the other leaves' hidden vectors
-        are never computed."""
+        h: the leaves' parents' hidden vectors, nodes first (L/2, B, H). Rows are sorted by parent and
+        each parent present runs its split on its own rows only (one addmm); each row then keeps its
+        leaf's half and its leaf's regressor. The other 7/8 of the last split (half of the tree's work)
+        never run. Weights are taken with unbind (views; autograd stacks their gradients once) and the
+        rows with one index_select, so no per-parent full-size gradient buffers."""
         n, B, H = h.shape
-        leaf = leaf.to(device=h.device, dtype=torch.long)
-        split = self.splits[-1]
-        W = split.weight.view(n, H, 2, H)
-        b = split.bias.view(n, 2, H)
-        order = torch.argsort(leaf, stable=True)
-        counts = torch.bincount(leaf, minlength=self.n_leaves).tolist()
-        pieces, start = [], 0
-        for k, c in enumerate(counts):
-            if not c:
-                continue
-            rows = order[start:start + c]
-            start += c
-            p, side = divmod(k, 2)
-            hk = torch.addmm(b[p, side], h[p].index_select(0, rows), W[p, :, side]).relu_()   # (c, H)
-            pieces.append(torch.addmm(self.regressors.bias[k], hk, self.regressors.weight[k]))  # (c, 1)
-        if not pieces:
+        if B == 0:
             return h.new_zeros(0)
-        reg = torch.cat(pieces).squeeze(1)
-        out = torch.empty_like(reg).index_copy(0, order, reg) if B else reg
-        return self._activate(out)
+        leaf = leaf.to(device=h.device, dtype=torch.long)
+        order = torch.argsort(leaf, stable=True)
+        ls = leaf[order]                                                         # sorted leaves
+        parent = ls // 2
+        counts = torch.bincount(parent, minlength=n).tolist()
+        split = self.splits[-1]
+        rows = h.reshape(n * B, H).index_select(0, parent * B + order)           # (B, H), by parent
+        pieces = [torch.addmm(b_p, x_p, W_p)                                     # (c, 2H)
+                  for x_p, W_p, b_p, c in zip(rows.split(counts), split.weight.unbind(0),
+                                              split.bias.unbind(0), counts) if c]
+        hs = torch.cat(pieces).relu_().view(B, 2, H)
+        hl = hs.gather(1, (ls % 2).view(B, 1, 1).expand(B, 1, H)).squeeze(1)    # (B, H) the leaf's half
+        reg = (hl * self.regressors.weight.squeeze(-1)[ls]).sum(1) + self.regressors.bias[ls, 0]
+        return self._activate(torch.empty_like(reg).index_copy(0, order, reg))
 
     def extra_repr(self) -> str:
         return (f"in_dim={self.in_dim}, hidden={self.hidden}, depth={self.depth}, leaves={self.n_leaves}, "
