@@ -10,10 +10,17 @@ once to artifacts/bench/mtl_aqa_random.h5 and reused. The features are random, s
 means nothing; the timings are the point. Target: the whole default core_dd run (200 epochs,
 validation and test every epoch with 10 voters, final test inference) under 150 s on a 2-core CPU.
 
-Measured 2026-11-26 (shared 2-core AMD EPYC VM, load average ~4 from other jobs, --threads 1):
-cache load 3.8 s, training 421 s (2.1 s/epoch: roughly 45% training steps, 55% validation + test
-inference of 5650 query-voter pairs). Under contention --threads 1 is ~4x faster than 2 threads.
-Most of the time is inside the regression tree's forward/backward (see train_head/tree.py).
+Measured 2026-11-26 on the shared 2-core AMD EPYC VM (another engineer's jobs running, see load):
+  before (commit e8da788), --threads 1, load ~4: training 421 s (2.1 s/epoch); 20 epochs back to back
+  with the "after" run below (load ~0.9): 1487 ms/epoch.
+  after, --threads 1, load ~1: 20 epochs 879 ms/epoch; the full 200 epochs 170-182 s (848-907 ms/epoch).
+  after, --threads 2, machine otherwise idle (load 0.97 before): 200 epochs 127.0 s (635 ms/epoch),
+  total 129.1 s. With a free second core 2 threads win; under contention 1 thread does.
+Per epoch (after, 1 thread): ~27 training steps of 64 pair rows (~18 ms each: fwd ~5, bwd ~9, fused Adam
+~2), validation + test inference of 5650 query-voter pairs (~250 ms), checkpoint.pt (40 MB, ~40-80 ms;
+`--checkpoint-every 10` saves most of it). Where the time went before: einsum permute copies in the
+tree, the full last split (half of the tree's work) for 16 leaves when one is needed, the first
+layer recomputed per pair at inference, fresh gradient buffers every step.
 """
 from __future__ import annotations
 
