@@ -107,6 +107,18 @@ def cli() -> None:
     pass
 
 
+def _run_and_report(cfgs, *, jobs, scheduler, force) -> None:
+    """Run planned configs (joblib or dask), turning user errors into one clear message, then report."""
+    from train_head.sweep import run_many   # lazy: keeps `--help` fast
+
+    click.echo(f"{len(cfgs)} run(s)")
+    try:
+        results = run_many(cfgs, jobs=jobs, scheduler=scheduler, force=force)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _report(results)
+
+
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
 @_common
 @click.option("--seeds", default=None, help="Comma-separated seeds, e.g. 0,1,2 (default: seed from config, 0).")
@@ -120,7 +132,7 @@ def train(cache, preset, dataset, head, cls, protocol, fold, epochs, batch_size,
     python -m train_head train --cache artifacts/features/aqa7.h5 --class all --set epochs=100
     """
     _setup_logging(verbose)
-    from train_head.sweep import plan_runs, run_many
+    from train_head.sweep import plan_runs
 
     try:
         ov = _overrides(cache, dataset, head, cls, protocol, fold, epochs, batch_size, voters, depth, out,
@@ -129,12 +141,7 @@ def train(cache, preset, dataset, head, cls, protocol, fold, epochs, batch_size,
         cfgs = plan_runs(_preset_for(preset, dataset, ov.get("head"), cache), ov, grid)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"{len(cfgs)} run(s)")
-    try:
-        results = run_many(cfgs, jobs=jobs, scheduler=scheduler, force=force)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
-    _report(results)
+    _run_and_report(cfgs, jobs=jobs, scheduler=scheduler, force=force)
 
 
 @cli.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,7 +163,7 @@ def sweep(cache, preset, dataset, head, cls, protocol, fold, epochs, batch_size,
     python -m train_head sweep --cache F.h5 --grid lr=1e-3,1e-4 --scheduler tcp://10.0.0.5:8786
     """
     _setup_logging(verbose)
-    from train_head.sweep import parse_grid, plan_runs, run_many
+    from train_head.sweep import parse_grid, plan_runs
 
     try:
         grid = parse_grid(list(grid_opt) + list(grid_args))
@@ -176,12 +183,7 @@ def sweep(cache, preset, dataset, head, cls, protocol, fold, epochs, batch_size,
             cfgs = plan_runs(presets.pop(), ov, grid)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"{len(cfgs)} run(s)")
-    try:
-        results = run_many(cfgs, jobs=jobs, scheduler=scheduler, force=force)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
-    _report(results)
+    _run_and_report(cfgs, jobs=jobs, scheduler=scheduler, force=force)
 
 
 @cli.command()
