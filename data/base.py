@@ -255,6 +255,22 @@ def read_even(source: str | Path, n_frames: int) -> np.ndarray:
     return read_video_even(source, n_frames)
 
 
+def read_first(source: str | Path, n_frames: int) -> np.ndarray:
+    """The first `n_frames` frames of a video file or a frame folder: uint8 [n_frames, H, W, 3]."""
+    source = Path(source)
+    if source.is_dir():
+        files = list_frames(source)
+        if len(files) < n_frames:
+            raise DataError(f"{source}: {len(files)} frames, shorter than the window of {n_frames}")
+        return read_images(files[:n_frames])
+    if not source.exists():
+        raise DataError(f"{source}: video file or frame folder not found")
+    got, n = _decode_selected(source, np.arange(n_frames))
+    if len(got) < n_frames:
+        raise DataError(f"{source}: video has {n} frames, shorter than its window of {n_frames}")
+    return np.stack([got[i] for i in range(n_frames)])
+
+
 def find_file(name: str, candidates: Sequence[Path], what: str) -> Path:
     """The first existing `<dir>/<name>` among `candidates`."""
     for d in candidates:

@@ -74,24 +74,12 @@ def _as_obj(v: Any) -> Any:
 
 def read_frames(source: str | Path, n_frames: int, sampling: str = "even") -> np.ndarray:
     """uint8 (n_frames, H, W, 3) from a video file or a frame folder (see the module docstring)."""
-    from data.base import DataError, list_frames, read_even, read_images
+    from data.base import DataError, read_even, read_first
 
-    source = Path(source)
+    if sampling not in ("even", "first"):
+        raise ScoreError(f"sampling must be 'even' or 'first', got {sampling!r}")
     try:
-        if sampling == "even":
-            return read_even(source, n_frames)
-        if sampling != "first":
-            raise ScoreError(f"sampling must be 'even' or 'first', got {sampling!r}")
-        if source.is_dir():
-            files = list_frames(source)
-            if len(files) < n_frames:
-                raise DataError(f"{source}: {len(files)} frames, the run needs at least {n_frames}")
-            return read_images(files[:n_frames])
-        from data.base import _decode_selected  # data exposes no first-T video reader yet
-        got, n = _decode_selected(source, np.arange(n_frames))
-        if len(got) < n_frames:
-            raise DataError(f"{source}: video has {n} frames, the run needs at least {n_frames}")
-        return np.stack([got[i] for i in range(n_frames)])
+        return (read_even if sampling == "even" else read_first)(Path(source), n_frames)
     except DataError as e:
         raise ScoreError(f"cannot read the clip: {e}") from None
 
