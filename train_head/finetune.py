@@ -731,7 +731,7 @@ def _frame_size(value: str | None) -> tuple[int, int] | None:
     try:
         h, w = (int(v) for v in parts)
     except ValueError:
-        raise ConfigError(f"--frame-size expects HEIGHTxWIDTH (e.g. 455x256), got {value!r}") from None
+        raise ConfigError(f"--frame-size expects HEIGHT,WIDTH (e.g. 455,256), got {value!r}") from None
     return h, w
 
 
@@ -770,7 +770,7 @@ def _build_command():
         click.Option(["--grad-accum"], type=int, default=None, help="micro-steps per Adam update [2]"),
         click.Option(["--lr-backbone"], type=float, default=None, help="[1e-4]"),
         click.Option(["--lr-head"], type=float, default=None, help="[1e-3]"),
-        click.Option(["--frame-size"], default=None, help="resize HEIGHTxWIDTH [455x256]"),
+        click.Option(["--frame-size"], default=None, help="resize HEIGHT,WIDTH (or HEIGHTxWIDTH) [455,256]"),
         click.Option(["--crop"], type=int, default=None, help="square crop [224]"),
         click.Option(["--interp"], type=click.Choice(["nearest", "bilinear_short_side"]), default=None),
         click.Option(["--norm"], type=click.Choice(["imagenet", "minus1to1"]), default=None),
