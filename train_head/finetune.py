@@ -59,7 +59,8 @@ from train_head.config import ConfigError, config_record, dump_json
 from train_head.heads import HEADS, build_head
 from train_head.pairs import train_pairs
 from train_head.trainer import (CacheData, Evaluator, OncePerMessage, TrainError, Unit, atomic_torch_save,
-                                atomic_write_text, carve_validation, cpu_state, is_complete, metrics_csv,
+                                atomic_write_text, carve_validation, cpu_state, is_complete, load_checkpoint,
+                                metrics_csv, save_checkpoint,
                                 run_groups, run_summary, run_targets, select_unit, update_best, write_leaf_counts,
                                 write_predictions, write_split)
 
@@ -530,14 +531,7 @@ def _finetune(cfg: FinetuneConfig, ds, run_dir: Path, resume: bool, device: torc
     best_state = None
     start_epoch = 1
     if resume:
-        ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
-        optim.load_state_dict(ck["optim"])
-        rng.bit_generator.state = json.loads(ck["numpy_rng"])
-        torch.set_rng_state(ck["torch_rng"])
-        rows, best, best_state = json.loads(ck["rows"]), json.loads(ck["best"]), ck["best_model"]
-        start_epoch = int(ck["epoch"]) + 1
-        log.info("%s: resuming after epoch %d", run_dir, ck["epoch"])
+        rows, best, best_state, start_epoch = load_checkpoint(run_dir, model, optim, rng, "cpu")
     ddp = model
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -675,11 +669,7 @@ def _finetune(cfg: FinetuneConfig, ds, run_dir: Path, resume: bool, device: torc
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
             if info.is_main:
                 atomic_write_text(run_dir / "metrics.csv", metrics_csv(rows))
-                atomic_torch_save({
-                    "model": cpu_state(model), "optim": optim.state_dict(), "epoch": epoch,
-                    "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-                    "rows": json.dumps(rows), "best": json.dumps(best), "best_model": best_state,
-                }, run_dir / "checkpoint.pt")
+                save_checkpoint(run_dir, model, optim, epoch, rng, rows, best, best_state)
             xdist.barrier(info)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)

@@ -126,22 +126,26 @@ def plan_runs(preset: str | None, overrides: Mapping[str, Any], grid: Mapping[st
     return unique
 
 
-def _run_one(cfg_dict: dict[str, Any], force: bool) -> dict[str, Any]:
-    """Worker entry point (module level so process pools can pickle it by name)."""
+def _train_and_summarise(cfg: RunConfig, force: bool, progress: bool) -> dict[str, Any]:
+    """Train one config (or skip it when complete) and return its result row."""
     import json
 
-    from train_head.trainer import is_complete, train
+    from train_head.trainer import is_complete, load_cache_data, train
 
+    dataset = cfg.dataset or str(load_cache_data(cfg.cache, cfg.dataset).attrs.get("dataset"))
+    was_complete = is_complete(cfg.run_dir(dataset)) and not force
+    run_dir = train(cfg, force=force, progress=progress)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"run_dir": str(run_dir), "status": "skipped" if was_complete else "done",
+            "selected_rho": summary["selected"]["rho"], "final_rho": summary["final"]["rho"],
+            "selected_epoch": summary["selected_epoch"], "error": ""}
+
+
+def _run_one(cfg_dict: dict[str, Any], force: bool) -> dict[str, Any]:
+    """Worker entry point (module level so process pools can pickle it by name)."""
     cfg = config_from_dict(cfg_dict)
     try:
-        from train_head.trainer import load_cache_data
-        dataset = cfg.dataset or str(load_cache_data(cfg.cache, cfg.dataset).attrs.get("dataset"))
-        was_complete = is_complete(cfg.run_dir(dataset)) and not force
-        run_dir = train(cfg, force=force, progress=False)
-        summary = json.loads((run_dir / "summary.json").read_text())
-        return {"run_dir": str(run_dir), "status": "skipped" if was_complete else "done",
-                "selected_rho": summary["selected"]["rho"], "final_rho": summary["final"]["rho"],
-                "selected_epoch": summary["selected_epoch"], "error": ""}
+        return _train_and_summarise(cfg, force, progress=False)
     except Exception as exc:  # one failing run must not stop a sweep; it is reported below
         log.error("run %s failed: %s", cfg.run_dir(cfg.dataset or "?"), exc)
         return {"run_dir": str(cfg.run_dir(cfg.dataset or "?")), "status": "failed", "selected_rho": None,
@@ -156,28 +160,12 @@ def run_many(cfgs: Sequence[RunConfig], *, jobs: int = 1, scheduler: str | None 
     if scheduler:
         return _run_dask(payload, scheduler, force)
     if jobs == 1 or len(payload) <= 1:
-        if len(payload) == 1:
-            from train_head.trainer import train  # progress bar for a single in-process run
-            cfg = cfgs[0]
-            return [_run_single_verbose(cfg, force, train)]
+        if len(payload) == 1:   # a single in-process run: progress bar, errors reach the caller
+            return [_train_and_summarise(cfgs[0], force, progress=True)]
         return [_run_one(p, force) for p in payload]
     from joblib import Parallel, delayed
 
     return Parallel(n_jobs=jobs, backend="loky")(delayed(_run_one)(p, force) for p in payload)
-
-
-def _run_single_verbose(cfg: RunConfig, force: bool, train) -> dict[str, Any]:
-    import json
-
-    from train_head.trainer import is_complete, load_cache_data
-
-    dataset = cfg.dataset or str(load_cache_data(cfg.cache, cfg.dataset).attrs.get("dataset"))
-    was_complete = is_complete(cfg.run_dir(dataset)) and not force
-    run_dir = train(cfg, force=force, progress=True)
-    s = json.loads((run_dir / "summary.json").read_text())
-    return {"run_dir": str(run_dir), "status": "skipped" if was_complete else "done",
-            "selected_rho": s["selected"]["rho"], "final_rho": s["final"]["rho"],
-            "selected_epoch": s["selected_epoch"], "error": ""}
 
 
 def _run_dask(payload: list[dict], scheduler: str, force: bool) -> list[dict[str, Any]]:

@@ -232,6 +232,30 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, epoch: int,
+                    rng: np.random.Generator, rows: list[dict], best: dict, best_state) -> None:
+    """checkpoint.pt for resume (atomic): weights, optimiser, RNG states, metrics rows and best-so-far.
+    Shared by the cached trainer and end-to-end fine-tuning."""
+    atomic_torch_save({
+        "model": cpu_state(model), "optim": optim.state_dict(), "epoch": epoch,
+        "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+        "rows": json.dumps(rows), "best": json.dumps(best), "best_model": best_state,
+    }, run_dir / "checkpoint.pt")
+
+
+def load_checkpoint(run_dir: Path, model: torch.nn.Module, optim: torch.optim.Optimizer,
+                    rng: np.random.Generator, map_location) -> tuple[list[dict], dict, Any, int]:
+    """Restore what `save_checkpoint` wrote into `model`, `optim` and `rng`; returns
+    (rows, best, best_state, first epoch still to run)."""
+    ck = torch.load(run_dir / "checkpoint.pt", map_location=map_location, weights_only=True)
+    model.load_state_dict(ck["model"])
+    optim.load_state_dict(ck["optim"])
+    rng.bit_generator.state = json.loads(ck["numpy_rng"])
+    torch.set_rng_state(ck["torch_rng"])
+    log.info("%s: resuming after epoch %d", run_dir, ck["epoch"])
+    return json.loads(ck["rows"]), json.loads(ck["best"]), ck["best_model"], int(ck["epoch"]) + 1
+
+
 def _set_deterministic(mode: bool, *, warn_only: bool) -> None:
     """``torch.use_deterministic_algorithms`` without its import of torch._inductor (~3 s on first use,
     a large share of a small run); that import only serves compiled code, which stage two never uses.
@@ -476,16 +500,7 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
     best_state = None
     start_epoch = 1
     if resume:
-        ck = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=True)
-        head.load_state_dict(ck["model"])
-        optim.load_state_dict(ck["optim"])
-        rng.bit_generator.state = json.loads(ck["numpy_rng"])
-        torch.set_rng_state(ck["torch_rng"])
-        rows = json.loads(ck["rows"])
-        best = json.loads(ck["best"])
-        best_state = ck["best_model"]
-        start_epoch = int(ck["epoch"]) + 1
-        log.info("%s: resuming after epoch %d", run_dir, ck["epoch"])
+        rows, best, best_state, start_epoch = load_checkpoint(run_dir, head, optim, rng, device)
 
     n_tr = len(unit.train)
     bs, accum = cfg.batch_size, cfg.grad_accum
@@ -545,11 +560,7 @@ def _train(cfg, head_cls, data: CacheData, dataset: str, run_dir: Path, resume: 
 
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
             atomic_write_text(run_dir / "metrics.csv", metrics_csv(rows))
-            atomic_torch_save({
-                "model": cpu_state(head), "optim": optim.state_dict(), "epoch": epoch,
-                "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
-                "rows": json.dumps(rows), "best": json.dumps(best), "best_model": best_state,
-            }, run_dir / "checkpoint.pt")
+            save_checkpoint(run_dir, head, optim, epoch, rng, rows, best, best_state)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
     if bar is not None:
