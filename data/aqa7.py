@@ -129,6 +129,9 @@ class AQA7(Dataset):
                     folds={}, extra={"raw_score": float(raw), "class_idx": int(c), "sample_idx": int(i)}))
         return out
 
+    def label_source(self, sample: Sample, field: str = "score") -> str:
+        return str(self.split_files.get(sample.split, self.root))
+
     def _read_window(self, sample: Sample, max_shift: int) -> np.ndarray:
         folder = Path(sample.source)
         if not folder.is_dir():

@@ -11,6 +11,7 @@ Heavy or optional modules (PIL, av, scipy.io) are imported inside the functions 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -53,6 +54,9 @@ class Dataset:
 
     name: ClassVar[str] = ""
     supports_shift: ClassVar[bool] = False
+    # keys of Sample.extra that decide which frames are read (a change makes stored features stale,
+    # while a change of any other label only needs the labels refreshed: cache.sync_labels)
+    frame_keys: ClassVar[tuple[str, ...]] = ()
     n_frames: int = 0
 
     def __init__(self, root: str | Path):
@@ -60,10 +64,20 @@ class Dataset:
         self._samples: list[Sample] | None = None
 
     def samples(self) -> list[Sample]:
-        """All samples in a deterministic order (metadata only; frames are read by `read_frames`)."""
+        """All samples in a deterministic order (metadata only; frames are read by `read_frames`).
+
+        Every reader's samples pass `check_samples` here (finite scores, positive finite difficulties,
+        known splits, unique ids), so no reader can hand a NaN label or an unknown split downstream.
+        """
         if self._samples is None:
-            self._samples = list(self._load_samples())
+            samples = list(self._load_samples())
+            check_samples(samples, self.label_source)
+            self._samples = samples
         return list(self._samples)
+
+    def label_source(self, sample: Sample, field: str = "score") -> str:
+        """The file the `field` label of `sample` was read from (named in error messages)."""
+        return str(self.root)
 
     def read_frames(self, sample: Sample, max_shift: int = 0) -> np.ndarray:
         """np.uint8 [T + 2*max_shift, H, W, 3]; raises DataError for a bad video or frame."""
@@ -107,6 +121,46 @@ def check_score(value: Any, where: str, lo: float = -math.inf, hi: float = math.
     return x
 
 
+SPLITS = ("train", "test")
+
+
+def check_samples(samples: Sequence[Sample], source=None) -> None:
+    """The invariants every reader's samples share, checked in one place (`Dataset.samples`): a non-empty,
+    unique video_id; a finite score; a difficulty that is None or finite and > 0 (score = completeness x
+    difficulty); a split in `SPLITS`; a non-empty class; folds as a str -> str mapping. Raises DataError
+    naming the file (`source(sample, field)`, e.g. `Dataset.label_source`) and the video."""
+    seen: set[str] = set()
+    for s in samples:
+        def where(field: str) -> str:
+            src = source(s, field) if source is not None else ""
+            return f"{src}: video {s.video_id!r}" if src else f"video {s.video_id!r}"
+
+        if not isinstance(s.video_id, str) or not s.video_id:
+            raise DataError(f"{source(s, 'video_id') if source else 'dataset'}: a sample has an empty video id "
+                            f"({s.video_id!r}); every row needs one")
+        if s.video_id in seen:
+            raise DataError(f"{where('video_id')} is listed twice; video ids must be unique")
+        seen.add(s.video_id)
+        if not _finite_number(s.score):
+            raise DataError(f"{where('score')}: score is {s.score!r}; every sample needs a finite score "
+                            "(fix or drop the row)")
+        if s.difficulty is not None and not (_finite_number(s.difficulty) and s.difficulty > 0):
+            raise DataError(f"{where('difficulty')}: difficulty is {s.difficulty!r}; it must be a finite number "
+                            "> 0 (score = completeness x difficulty), or empty for none")
+        if s.split not in SPLITS:
+            raise DataError(f"{where('split')}: split {s.split!r} is not one of {', '.join(SPLITS)}")
+        if not isinstance(s.cls, str) or not s.cls:
+            raise DataError(f"{where('cls')}: empty class; every sample needs one")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in dict(s.folds).items()):
+            raise DataError(f"{where('folds')}: folds must map protocol names to fold ids (strings), "
+                            f"got {dict(s.folds)!r}")
+
+
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) \
+        and math.isfinite(float(x))
+
+
 _NUM = re.compile(r"(\d+)")
 
 
@@ -115,12 +169,19 @@ def natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in _NUM.split(name)]
 
 
+def is_hidden(path: Path) -> bool:
+    """Names starting with '.' (`.DS_Store`, macOS `._img_00001.jpg` resource forks, editor leftovers)."""
+    return Path(path).name.startswith(".")
+
+
 def list_frames(folder: Path) -> list[Path]:
-    """Image files of a frame folder in natural name order; DataError if the folder is missing/empty."""
+    """Image files of a frame folder in natural name order; DataError if the folder is missing/empty.
+    Hidden files (`is_hidden`) are not frames and are ignored."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: frame folder not found")
-    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+    files = [p for p in folder.iterdir()
+             if p.suffix.lower() in IMAGE_EXTS and not is_hidden(p) and p.is_file()]
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(IMAGE_EXTS)}) in the frame folder")
     files.sort(key=lambda p: natural_key(p.name))
@@ -137,10 +198,25 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()  # forces the full decode: a truncated JPEG fails here
-            arr = np.asarray(im.convert("RGB"))
+            arr = _rgb8(im)
     except Exception as exc:  # PIL raises OSError, SyntaxError, UnidentifiedImageError, ...
         raise DataError(f"{path}: unreadable or truncated image ({exc}); re-extract this frame") from None
     return arr
+
+
+# PIL modes holding 16-bit grey levels (16-bit greyscale PNGs open as "I;16", older Pillow gave "I").
+_MODES_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _rgb8(im) -> np.ndarray:
+    """uint8 RGB [H, W, 3] of a PIL image. 16-bit grey levels are scaled to 8 bits (value >> 8), not
+    clipped (PIL's convert("RGB") would turn everything above 255 white). 16-bit RGB(A) PNGs already open
+    as 8-bit modes (PIL keeps the high byte)."""
+    if im.mode in _MODES_16:
+        grey = np.asarray(im)
+        grey = (np.clip(grey.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
 
 
 def read_images(paths: Sequence[Path]) -> np.ndarray:
@@ -186,17 +262,44 @@ def _open_video(path: Path):
 
 
 def count_video_frames(path: Path) -> int:
-    """Number of video packets (one per frame for the codecs used here) without decoding."""
+    """Number of video packets (one per frame for the codecs used here) without decoding.
+
+    A container that announces more frames than it holds (a truncated copy that still demuxes) is reported
+    with a warning naming the file and the frames it gave (`_warn_if_short`)."""
     container = _open_video(path)
     try:
         stream = container.streams.video[0]
-        return sum(1 for pkt in container.demux(stream) if pkt.size)
+        announced = _announced_frames(container, stream)
+        n = sum(1 for pkt in container.demux(stream) if pkt.size)
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: unreadable video ({exc})") from None
     finally:
         container.close()
+    _warn_if_short(path, n, announced)
+    return n
+
+
+def _announced_frames(container, stream) -> tuple[int, int] | None:
+    """(frames the header announces, tolerance): the stream's frame count when the container stores one
+    (AVI, MP4: exact), else duration x average frame rate (Matroska, WebM: approximate); None if unknown."""
+    with contextlib.suppress(Exception):
+        if stream.frames and stream.frames > 0:
+            return int(stream.frames), 0
+    with contextlib.suppress(Exception):
+        if container.duration and stream.average_rate:
+            n = int(round(container.duration / 1e6 * float(stream.average_rate)))
+            if n > 0:
+                return n, max(1, int(0.02 * n))
+    return None
+
+
+def _warn_if_short(path: Path, n_got: int, announced: tuple[int, int] | None) -> None:
+    if announced is not None and n_got < announced[0] - announced[1]:
+        log.warning("%s: the container announces %d frames but only %d could be read: the file is probably "
+                    "truncated (using the %d frames it gave; re-copy the video if that is wrong)",
+                    path, announced[0], n_got, n_got)
 
 
 def _decode_selected(path: Path, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], int]:
@@ -233,6 +336,8 @@ def read_video_even(path: str | Path, n_frames: int) -> np.ndarray:
         got, n_decoded = _decode_selected(path, idx)
         if all(int(i) in got for i in idx):
             return np.stack([got[int(i)] for i in idx])
+        log.warning("%s: %d video packets but only %d frames decoded: the file may be damaged (sampling "
+                    "the %d frames it gave)", path, n_total, n_decoded, n_decoded)
         n_total = n_decoded
     raise DataError(f"{path}: could not decode the frames it announces; the file may be damaged")
 

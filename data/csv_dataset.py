@@ -1,14 +1,17 @@
 """Your own data: `get_dataset("csv", root="my/scores.csv")`.
 
 The CSV has a header with `video` and `score` and optionally `difficulty`, `split` (train/test) and
-`class`. `video` is a path relative to the CSV's folder (absolute paths also work) to a video file or a
+`class`. Column names and split values are matched without regard to case (`Split`, `TEST`); a column
+whose name is close to one of these but not equal (`splits`, `dificulty`) is a DataError naming it, so that
+a misspelt split column never silently becomes a random split; other columns are ignored. `video` is a path relative to the CSV's folder (absolute paths also work) to a video file or a
 folder of frames. `root` is the CSV file, or a folder holding exactly one `*.csv` (other than split files).
 
 Without a `split` column, a seeded, score-stratified split is made once and SAVED beside the CSV as
 `<csv>.split.csv` (columns video,split), then reused on later runs, so every run and every engineer sees
 the same split. Stratification: scores are cut into `n_bins` quantile bins (at most len/4 bins), and in
 each bin round(test_fraction * n) randomly chosen videos go to test (numpy Generator seeded by `seed`).
-A split file that does not list exactly the CSV's videos is a DataError (delete it to make a new one).
+A split file that does not list exactly the CSV's videos, or has a split other than train/test, is a
+DataError naming the file and line (delete it to make a new one).
 
 Frames: `n_frames` (default 103) sampled evenly from the video or frame folder (`base.even_indices`).
 video_id = the `video` entry as written; cls = the `class` entry or "csv"; no shift protocol.
@@ -16,7 +19,9 @@ video_id = the `video` entry as written; cls = the `class` entry or "csv"; no sh
 from __future__ import annotations
 
 import csv as _csv
+import difflib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,68 @@ from .base import DataError, Dataset, Sample, check_score, read_even
 log = logging.getLogger(__name__)
 
 SPLIT_SUFFIX = ".split.csv"
+COLUMNS = ("video", "score", "difficulty", "split", "class")
+SPLIT_VALUES = ("train", "test")
+_EXPECTED = "video,score[,difficulty][,split][,class] (any case)"
+
+
+def read_table(path: Path, columns: tuple[str, ...], required: tuple[str, ...]) -> list[dict]:
+    """Rows of a CSV file as dicts keyed by the names in `columns` (header names matched without regard to
+    case and surrounding spaces), plus "_line" (the line number an editor shows). Blank lines are skipped.
+
+    DataError naming the file (and line or column) for: an unreadable file, a missing required column, a
+    column given twice, a column whose name is a near miss of one in `columns` (e.g. "splits"), a row with
+    more fields than the header. Columns far from every expected name are ignored (logged)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = _csv.reader(fh)
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: empty file; expected a header {','.join(columns)}")
+            index: dict[str, int] = {}
+            for i, name in enumerate(header):
+                key = name.strip().lower()
+                if not key:
+                    continue
+                if key in columns:
+                    if key in index:
+                        raise DataError(f"{path}: column {key!r} appears twice in the header "
+                                        f"({header[index[key]].strip()!r} and {name.strip()!r})")
+                    index[key] = i
+                    continue
+                near = difflib.get_close_matches(key, columns, n=1, cutoff=0.75)
+                if near:
+                    raise DataError(f"{path}: unknown column {name.strip()!r}; did you mean {near[0]!r}? "
+                                    f"Expected columns: {', '.join(columns)} (any case)")
+                log.info("%s: ignoring column %r", path, name.strip())
+            missing = [c for c in required if c not in index]
+            if missing:
+                raise DataError(f"{path}: missing column {missing[0]!r} (columns: {[h.strip() for h in header]}); "
+                                f"expected {', '.join(columns)} (any case)")
+            rows = []
+            for fields in reader:
+                if not any(f.strip() for f in fields):
+                    continue
+                line = reader.line_num
+                if len(fields) > len(header) and any(f.strip() for f in fields[len(header):]):
+                    raise DataError(f"{path} line {line}: {len(fields)} fields but the header has {len(header)}; "
+                                    "quote values that contain commas")
+                row = {c: (fields[i].strip() if i < len(fields) else "") for c, i in index.items()}
+                row["_line"] = line
+                rows.append(row)
+    except DataError:
+        raise
+    except (OSError, UnicodeDecodeError, _csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the CSV ({exc})") from None
+    return rows
+
+
+def parse_split(value: str, where: str) -> str:
+    """"train"/"test" in any case -> lower case; anything else is a DataError naming `where`."""
+    v = value.strip().lower()
+    if v not in SPLIT_VALUES:
+        raise DataError(f"{where}: split {value!r} must be train or test")
+    return v
 
 
 def stratified_split(scores: np.ndarray, test_fraction: float, seed: int, n_bins: int = 5) -> np.ndarray:
@@ -48,7 +115,8 @@ class CSVDataset(Dataset):
     def __init__(self, root, n_frames: int = 103, test_fraction: float = 0.25, seed: int = 0):
         root = Path(root)
         if root.is_dir():
-            found = sorted(p for p in root.glob("*.csv") if not p.name.endswith(SPLIT_SUFFIX))
+            found = sorted(p for p in root.glob("*.csv")
+                           if not p.name.endswith(SPLIT_SUFFIX) and not p.name.startswith("."))
             if len(found) != 1:
                 raise DataError(f"{root}: expected exactly one .csv file, found {[p.name for p in found]}; "
                                 "pass the CSV file itself as root")
@@ -68,36 +136,38 @@ class CSVDataset(Dataset):
         p = self.csv_path
         if not p.is_file():
             raise DataError(f"{p}: CSV file not found")
-        try:
-            with p.open(newline="", encoding="utf-8-sig") as fh:
-                reader = _csv.DictReader(fh)
-                fields = [f.strip() for f in (reader.fieldnames or [])]
-                rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-        except (OSError, UnicodeDecodeError, _csv.Error) as exc:
-            raise DataError(f"{p}: cannot read the CSV ({exc})") from None
-        for col in ("video", "score"):
-            if col not in fields:
-                raise DataError(f"{p}: missing column {col!r} (columns: {fields}); "
-                                "expected video,score[,difficulty][,split][,class]")
+        rows = read_table(p, COLUMNS, ("video", "score"))
         if not rows:
             raise DataError(f"{p}: no rows")
-        self._fields = fields
+        self._has_split = "split" in rows[0]
         return rows
 
     def _saved_split(self, videos: list[str], scores: np.ndarray) -> list[str]:
         if self.split_path.is_file():
-            with self.split_path.open(newline="", encoding="utf-8") as fh:
-                saved = {r["video"]: r["split"] for r in _csv.DictReader(fh)}
+            rows = read_table(self.split_path, ("video", "split"), ("video", "split"))
+            saved: dict[str, str] = {}
+            for r in rows:
+                where = f"{self.split_path} line {r['_line']}"
+                if r["video"] in saved:
+                    raise DataError(f"{where}: video {r['video']!r} listed twice; delete the file to make a new split")
+                saved[r["video"]] = parse_split(r["split"], where)
             if set(saved) != set(videos):
                 raise DataError(f"{self.split_path}: the saved split does not list exactly the videos of "
                                 f"{self.csv_path}; delete it to make a new split")
             log.info("csv: reusing the split saved in %s", self.split_path)
             return [saved[v] for v in videos]
         split = list(stratified_split(scores, self.test_fraction, self.seed))
-        with self.split_path.open("w", newline="", encoding="utf-8") as fh:
-            w = _csv.writer(fh)
-            w.writerow(["video", "split"])
-            w.writerows(zip(videos, split))
+        tmp = self.split_path.with_name(self.split_path.name + ".tmp")
+        try:
+            with tmp.open("w", newline="", encoding="utf-8") as fh:
+                w = _csv.writer(fh)
+                w.writerow(["video", "split"])
+                w.writerows(zip(videos, split))
+            os.replace(tmp, self.split_path)     # never a half-written split file
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"{self.split_path}: cannot save the new split ({exc.strerror or exc}); make the "
+                            f"folder writable or add a split column to {self.csv_path.name}") from None
         log.info("csv: no split column; wrote a seeded stratified split (seed %d) to %s", self.seed, self.split_path)
         return split
 
@@ -105,8 +175,8 @@ class CSVDataset(Dataset):
         rows = self._read_rows()
         base = self.csv_path.parent
         videos, scores, diffs = [], [], []
-        for i, r in enumerate(rows, 2):  # line numbers as an editor shows them (header = 1)
-            where = f"{self.csv_path} line {i}"
+        for r in rows:
+            where = f"{self.csv_path} line {r['_line']}"
             v = r.get("video", "")
             if not v:
                 raise DataError(f"{where}: empty video entry")
@@ -117,11 +187,8 @@ class CSVDataset(Dataset):
             d = r.get("difficulty", "")
             diffs.append(check_score(d, f"{where} ({v}) difficulty", 0.0) if d else None)
         scores_arr = np.asarray(scores)
-        if "split" in self._fields:
-            splits = [r["split"].lower() for r in rows]
-            for i, s in enumerate(splits):
-                if s not in ("train", "test"):
-                    raise DataError(f"{self.csv_path} line {i + 2}: split {rows[i]['split']!r} must be train or test")
+        if self._has_split:
+            splits = [parse_split(r["split"], f"{self.csv_path} line {r['_line']}") for r in rows]
         else:
             splits = self._saved_split(videos, scores_arr)
         out = []
@@ -130,6 +197,11 @@ class CSVDataset(Dataset):
             out.append(Sample(video_id=v, source=str(src), score=s, difficulty=d, split=sp,
                               cls=r.get("class") or self.name, folds={}, extra={}))
         return out
+
+    def label_source(self, sample: Sample, field: str = "score") -> str:
+        if field == "split" and not getattr(self, "_has_split", True):
+            return str(self.split_path)
+        return str(self.csv_path)
 
     def _read_window(self, sample: Sample, max_shift: int) -> np.ndarray:
         return read_even(Path(sample.source), self.n_frames)

@@ -141,5 +141,10 @@ class JIGSAWS(Dataset):
                     extra={"skill": r["skill"], "grs_parts": r["parts"], "trial": trial}))
         return out
 
+    def label_source(self, sample: Sample, field: str = "score") -> str:
+        if field == "folds":
+            return str(self.folds_file)
+        return str(self.root / sample.cls / f"meta_file_{sample.cls}.txt")
+
     def _read_window(self, sample: Sample, max_shift: int) -> np.ndarray:
         return read_video_even(Path(sample.source), self.n_frames)

@@ -72,6 +72,7 @@ class MTLAQA(Dataset):
     name = "mtl_aqa"
     n_frames = 103
     supports_shift = True
+    frame_keys = ("end_frame",)
 
     def __init__(self, root, anno_file=None, train_split_file=None, test_split_file=None):
         super().__init__(root)
@@ -141,6 +142,10 @@ class MTLAQA(Dataset):
         source = per_video if per_video.is_dir() else self.root / vid
         return Sample(video_id=vid, source=str(source), score=score, difficulty=difficulty, split=split,
                       cls=self.name, folds={}, extra=extra)
+
+    def label_source(self, sample: Sample, field: str = "score") -> str:
+        which = sample.split if field == "split" else "anno"
+        return str(self.meta_files.get(which, self.root))
 
     def _read_window(self, sample: Sample, max_shift: int) -> np.ndarray:
         end = int(sample.extra["end_frame"])

@@ -284,25 +284,55 @@ class Synthetic(AQA7):
         path = self.root / "difficulty.csv"
         if not path.is_file():
             raise DataError(f"{path}: difficulty file of the synthetic dataset not found")
-        with path.open(newline="") as fh:
-            meta = {r["video_id"]: r for r in csv.DictReader(fh)}
+        try:
+            with path.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                missing = [c for c in _META_COLUMNS if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise DataError(f"{path}: missing column(s) {missing}; regenerate the dataset with "
+                                    f"`python -m data synthetic --out {self.root}`")
+                meta = {r["video_id"]: r for r in reader}
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{path}: cannot read the difficulty file ({exc})") from None
+        self.difficulty_file = path
         out = []
         for s in super()._load_samples():
             r = meta.get(s.video_id)
             if r is None:
                 raise DataError(f"{path}: no row for {s.video_id}")
-            dd = check_score(r["difficulty"], f"{path} {s.video_id} difficulty", 0.0, 10.0)
+            where = f"{path} {s.video_id}"
+            dd = check_score(r["difficulty"], f"{where} difficulty", 0.0, 10.0)
             extra = dict(s.extra)
             extra["norm_score"] = s.score
             extra.update({k: r[k] for k in ("shape",)})
             for k in ("declared_rotations", "rotation_error", "performed_rotations", "entry_angle", "splash",
                       "execution"):
-                extra[k] = float(r[k])
-            extra["judge_scores"] = [float(v) for v in r["judge_scores"].split()]
+                extra[k] = _number(r[k], f"{where} {k}")
+            extra["judge_scores"] = [_number(v, f"{where} judge_scores") for v in (r["judge_scores"] or "").split()]
             score = s.score if self.normalise else float(s.extra["raw_score"])
             out.append(Sample(video_id=s.video_id, source=s.source, score=score, difficulty=dd, split=s.split,
                               cls=s.cls, folds={}, extra=extra))
         return out
+
+    def label_source(self, sample: Sample, field: str = "score") -> str:
+        if field == "difficulty" and getattr(self, "difficulty_file", None) is not None:
+            return str(self.difficulty_file)
+        return super().label_source(sample, field)
+
+
+_META_COLUMNS = ("video_id", "difficulty", "shape", "declared_rotations", "rotation_error", "performed_rotations",
+                 "entry_angle", "splash", "execution", "judge_scores")
+
+
+def _number(value, where: str) -> float:
+    """A finite float, or DataError naming `where`."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: {value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise DataError(f"{where}: {x} is not a finite number")
+    return x
 
 
 def factors_to_json(f: DiveFactors) -> str:

@@ -83,10 +83,14 @@ class FrameConfig:
             raise ValueError(f"FrameConfig: norm must be one of {NORMS}, got {self.norm!r}")
         if self.interp not in INTERPS:
             raise ValueError(f"FrameConfig: interp must be one of {INTERPS}, got {self.interp!r}")
-        if self.interp == "nearest" and self.crop > min(self.resize_hw):
-            raise ValueError(f"FrameConfig: crop {self.crop} is larger than the resized frame {self.resize_hw}")
         if self.crop <= 0:
             raise ValueError(f"FrameConfig: crop must be > 0, got {self.crop}")
+        # nearest: frames become exactly resize_hw; bilinear_short_side: the short side becomes
+        # min(resize_hw). Either way a crop larger than min(resize_hw) fits no frame.
+        if self.crop > min(self.resize_hw):
+            raise ValueError(f"crop {self.crop} is larger than the resized frame "
+                             f"{self.resize_hw[0]}x{self.resize_hw[1]} ({self.interp}); use a crop of at most "
+                             f"{min(self.resize_hw)} or a larger frame size")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
