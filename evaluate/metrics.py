@@ -1,17 +1,12 @@
-"""Metrics for action quality assessment (SPEC section 1).
+"""Metrics for action quality assessment on top of the per-run ones (SPEC section 1).
 
     from evaluate.metrics import spearman, l2, rl2, fisher_z_mean, bootstrap_ci
 
-Conventions (decided here, relied on by the tables):
+``spearman``, ``l2``, ``rl2`` and ``all_metrics`` are ``train_head.metrics``'s (re-exported here; that
+module holds the one implementation and the one NaN policy: any non-finite value, an empty set, fewer
+than 2 items or a constant side give NaN, never 0 and never an exception). This module adds what only
+the tables need:
 
-- ``spearman(pred, true)``: Pearson correlation of the ranks, ties get their average rank (the same
-  definition as ``scipy.stats.spearmanr``). It is *undefined* when either side is constant (all
-  predictions equal, or all true scores equal) or when there are fewer than 2 items: it returns NaN
-  then, never 0 and never an exception. NaN inputs are not allowed (ValueError): a missing prediction
-  is a bug upstream, not something to rank.
-- ``l2 = mean((pred - true)**2)``; ``rl2 = mean(((pred - true) / (max_true - min_true))**2)`` as a
-  *fraction* (multiply by 100 only when showing it). ``max_true``/``min_true`` come from the evaluated
-  set; when they are equal RL2 is undefined and NaN is returned.
 - ``fisher_z_mean(rhos)`` = ``tanh(mean(arctanh(rho)))``. ``|rho|`` is clipped to ``1 - 1e-7`` before
   ``arctanh`` so that a perfect correlation (common on tiny test sets) stays finite; note that such a
   value (z ~ 8.4) then dominates the average. NaN handling: ``nan_policy="propagate"`` (the default)
@@ -23,7 +18,9 @@ Conventions (decided here, relied on by the tables):
   the seeds' rho (the "rho mean" of the tables), so the interval is the test-set sampling uncertainty
   of that mean, while the spread between seeds is reported separately as a std. Draws on which rho is
   undefined (a resample with constant scores) are left out of the percentiles; if more than half of
-  the draws are undefined the interval is (NaN, NaN).
+  the draws are undefined the interval is (NaN, NaN). Following the same NaN policy, a non-finite value
+  in ``true`` or ``pred`` (or fewer than 2 videos) gives (NaN, NaN).
+- ``summarize(pred, true)`` (= ``all_metrics``) and ``isnan(x)`` for table cells.
 """
 from __future__ import annotations
 
@@ -34,25 +31,19 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import rankdata
 
+from train_head.metrics import all_metrics, l2, rl2, spearman
+
+__all__ = ["spearman", "l2", "rl2", "all_metrics", "fisher_z_mean", "bootstrap_ci", "bootstrap_ci_fisher",
+           "summarize", "isnan"]
+
 log = logging.getLogger(__name__)
 
 _RHO_CLIP = 1.0 - 1e-7
 
 
-def _as_1d(x, name: str) -> np.ndarray:
+def _as_1d(x) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 1:
-        a = a.reshape(-1)
-    if np.isnan(a).any():
-        raise ValueError(f"{name} contains NaN; every video needs a score and a prediction")
-    return a
-
-
-def _check_pair(pred, true) -> tuple[np.ndarray, np.ndarray]:
-    p, t = _as_1d(pred, "pred"), _as_1d(true, "true")
-    if p.shape != t.shape:
-        raise ValueError(f"pred and true differ in length: {p.shape[0]} vs {t.shape[0]}")
-    return p, t
+    return a if a.ndim == 1 else a.reshape(-1)
 
 
 def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -73,36 +64,6 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _rank_const_aware(x: np.ndarray) -> np.ndarray:
     """Average ranks along the last axis."""
     return rankdata(x, method="average", axis=-1)
-
-
-def spearman(pred, true) -> float:
-    """Spearman's rho (average ranks for ties). NaN when undefined (constant side, or n < 2)."""
-    p, t = _check_pair(pred, true)
-    if p.size < 2:
-        return float("nan")
-    return float(_rowwise_pearson(_rank_const_aware(p), _rank_const_aware(t)))
-
-
-def l2(pred, true) -> float:
-    """Mean squared error on the evaluation scale. NaN for an empty set."""
-    p, t = _check_pair(pred, true)
-    if p.size == 0:
-        return float("nan")
-    return float(np.mean((p - t) ** 2))
-
-
-def rl2(pred, true) -> float:
-    """Relative L2 as a fraction: mean(((pred - true) / (max(true) - min(true)))**2).
-
-    NaN when the true scores span no range (or the set is empty). Multiply by 100 to show it.
-    """
-    p, t = _check_pair(pred, true)
-    if p.size == 0:
-        return float("nan")
-    span = float(t.max() - t.min())
-    if span <= 0:
-        return float("nan")
-    return float(np.mean(((p - t) / span) ** 2))
 
 
 def fisher_z_mean(rhos: Sequence[float], *, nan_policy: str = "propagate") -> float:
@@ -143,14 +104,12 @@ def _boot_rhos(true: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarra
 
 
 def _prep_item(true, pred) -> tuple[np.ndarray, np.ndarray]:
-    t = _as_1d(true, "true")
+    t = _as_1d(true)
     p = np.asarray(pred, dtype=np.float64)
     if p.ndim == 1:
         p = p[None]
     if p.ndim != 2 or p.shape[1] != t.size:
         raise ValueError(f"pred must be [N] or [S, N] with N = {t.size}, got shape {p.shape}")
-    if np.isnan(p).any():
-        raise ValueError("pred contains NaN; every video needs a prediction")
     return t, p
 
 
@@ -170,7 +129,8 @@ def bootstrap_ci(true, pred, *, n_boot: int = 1000, level: float = 0.95, seed: i
     """Percentile bootstrap CI of Spearman's rho, resampling videos with replacement.
 
     true: (N,) scores; pred: (N,) or (S, N) predictions of S seeds for the same videos (same order).
-    The statistic per draw is the mean over seeds of rho. Returns (lo, hi); (NaN, NaN) when undefined.
+    The statistic per draw is the mean over seeds of rho. Returns (lo, hi); (NaN, NaN) when undefined
+    (fewer than 2 videos, a non-finite value in ``true`` or ``pred``, or mostly undefined draws).
     """
     t, p = _prep_item(true, pred)
     return bootstrap_ci_fisher([(t, p)], n_boot=n_boot, level=level, seed=seed, chunk=chunk)
@@ -192,6 +152,8 @@ def bootstrap_ci_fisher(items: Sequence[tuple], *, n_boot: int = 1000, level: fl
     prepped = [_prep_item(t, p) for t, p in items]
     if not prepped or any(t.size < 2 for t, _ in prepped):
         return float("nan"), float("nan")
+    if not all(np.isfinite(t).all() and np.isfinite(p).all() for t, p in prepped):
+        return float("nan"), float("nan")                           # the NaN policy of train_head.metrics
     rng = np.random.default_rng(seed)
     out = np.empty(n_boot)
     for start in range(0, n_boot, chunk):
@@ -204,11 +166,12 @@ def bootstrap_ci_fisher(items: Sequence[tuple], *, n_boot: int = 1000, level: fl
 
 
 def summarize(pred, true) -> dict[str, float]:
-    """{"rho", "l2", "rl2"} of one prediction set (rl2 as a fraction)."""
-    return {"rho": spearman(pred, true), "l2": l2(pred, true), "rl2": rl2(pred, true)}
+    """{"rho", "l2", "rl2"} of one prediction set (rl2 as a fraction): ``train_head.metrics.all_metrics``."""
+    return all_metrics(pred, true)
 
 
 def isnan(x) -> bool:
+    """True for None, NaN and anything that is not a number (a missing table cell)."""
     try:
         return x is None or math.isnan(float(x))
     except (TypeError, ValueError):

@@ -25,7 +25,7 @@ What happens, and why each step is tied to the run:
    ``model_selected.pt`` (the validation-selected epoch; weights_only=True).
 6. Exemplars: M voters drawn (seeded) from the run's *training pool* (``split.json["train"]``: the
    training videos minus the validation split, exactly the trainer's exemplar pool) with
-   ``train_head.pairs.test_voters``, same difficulty for DD heads (then ``difficulty`` is required).
+   ``train_head.pairs.draw_voters``, same difficulty for DD heads (then ``difficulty`` is required).
    If the pool has no video of that difficulty the nearest difficulty is used and the result says so.
 Scores are on the run's evaluation scale (AQA-7: normalised to [0, 100] per class; MTL-AQA: final score;
 JIGSAWS: GRS). Per exemplar: its id and score, ``predicted_difference`` = predicted relative score
@@ -133,7 +133,7 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
     from extract.pipeline import featurize_frames
     from extract.weights import weights_sha256
     from train_head.heads import HEADS, build_head
-    from train_head.pairs import test_voters
+    from train_head.pairs import draw_voters
 
     run = load_run(run_dir)
     cfg = run["config"]
@@ -257,9 +257,9 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
                     near = pool_d[np.argmin(np.abs(pool_d - difficulty))]
                     notes.append(f"no training video has difficulty {difficulty:g}; exemplars of the nearest "
                                  f"difficulty {near:g} were used")
-                idx, mask = test_voters(pool_d, np.array([difficulty]), voters, rng)
+                idx, mask = draw_voters(pool_d, np.array([difficulty]), voters, rng)
             else:
-                idx, mask = test_voters(None, None, voters, rng, n_pool=pool.size, n_query=1)
+                idx, mask = draw_voters(None, None, voters, rng, n_pool=pool.size, n_query=1)
             idx, mask = idx[0][mask[0]], mask[0][mask[0]]                               # valid voters only
             if idx.size < voters:
                 notes.append(f"only {idx.size} exemplars available (asked for {voters})")

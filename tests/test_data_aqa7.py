@@ -6,7 +6,7 @@ import scipy.io
 
 from data import DataError, get_dataset
 from data.aqa7 import CLASSES, SCORE_RANGES
-from data.testutil import write_frames
+from tests.testutil import write_frames
 
 
 def test_shipped_split_counts_and_scale(tmp_path):

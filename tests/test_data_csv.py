@@ -3,7 +3,7 @@ import pytest
 
 from data import DataError, get_dataset
 from data.csv_dataset import stratified_split
-from data.testutil import write_frames, write_video
+from tests.testutil import write_frames, write_video
 
 
 def test_videos_and_frame_folders_with_split_column(tmp_path):

@@ -10,7 +10,7 @@ import scipy.io
 from data import DataError, get_dataset
 from data.base import META_DIR
 from data.safe_pickle import restricted_load
-from data.testutil import write_frames, write_video
+from tests.testutil import write_frames, write_video
 
 
 def _aqa7(root, rows, frames=True):

@@ -6,7 +6,7 @@ import pytest
 from data import DataError, get_dataset
 from data.base import META_DIR
 from data.safe_pickle import restricted_load
-from data.testutil import write_video
+from tests.testutil import write_video
 
 FOLDS = restricted_load(META_DIR / "four_fold_splits.pkl")
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data import DataError, get_dataset
-from data.testutil import write_frames
+from tests.testutil import write_frames
 
 
 def test_shipped_metadata(tmp_path):

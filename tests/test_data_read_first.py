@@ -5,7 +5,7 @@ import pytest
 
 from data import DataError
 from data.base import read_first
-from data.testutil import write_frames, write_video
+from tests.testutil import write_frames, write_video
 
 LEVELS = [10, 40, 70, 100, 130, 160, 190, 220]
 

@@ -6,48 +6,17 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from evaluate.metrics import (bootstrap_ci, bootstrap_ci_fisher, fisher_z_mean, l2, rl2, spearman,
+from evaluate.metrics import (bootstrap_ci, bootstrap_ci_fisher, fisher_z_mean, isnan, l2, rl2, spearman,
                               summarize)
 
 
-def test_spearman_perfect_and_reversed():
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([4, 3, 2, 1], [10, 20, 30, 40]) == pytest.approx(-1.0)
-
-
-def test_spearman_no_ties_hand_computed():
-    # ranks (3,1,2) vs (1,2,3): sum d^2 = 4+1+1 = 6, rho = 1 - 6*6/(3*(9-1)) = -0.5
-    assert spearman([3.0, 1.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(-0.5)
-
-
-def test_spearman_ties_use_average_ranks():
-    # pred ranks (1, 2.5, 2.5, 4) vs (1, 2, 3, 4): Pearson of ranks = 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10)
-    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10))
-    # ties on both sides
-    p, t = [1, 1, 2, 3, 3], [2, 1, 1, 5, 4]
-    assert spearman(p, t) == pytest.approx(spearmanr(p, t).statistic)
-
-
-def test_spearman_undefined_is_nan_not_zero():
-    assert math.isnan(spearman([5, 5, 5, 5], [1, 2, 3, 4]))     # constant predictions
-    assert math.isnan(spearman([1, 2, 3, 4], [7, 7, 7, 7]))     # constant truth (a single-score set)
-    assert math.isnan(spearman([1.0], [2.0]))                   # one video
-    assert math.isnan(spearman([], []))
-
-
-def test_nan_inputs_and_length_mismatch_raise():
-    with pytest.raises(ValueError, match="NaN"):
-        spearman([1, float("nan")], [1, 2])
-    with pytest.raises(ValueError, match="length"):
-        l2([1, 2, 3], [1, 2])
-
-
-def test_l2_and_rl2_hand_computed():
-    assert l2([1, 2], [0, 4]) == pytest.approx(2.5)                     # (1 + 4) / 2
-    assert rl2([1, 2], [0, 4]) == pytest.approx((1 / 16 + 4 / 16) / 2)  # span 4 -> 0.15625, a fraction
-    assert math.isnan(rl2([1, 2], [3, 3]))                              # no range
+def test_rho_l2_rl2_are_train_heads():
+    """One implementation: the values and the NaN policy are tested in tests/test_train_head_metrics.py."""
+    import train_head.metrics as tm
+    assert (spearman, l2, rl2) == (tm.spearman, tm.l2, tm.rl2)
     s = summarize([1, 2], [0, 4])
-    assert set(s) == {"rho", "l2", "rl2"} and s["rho"] == pytest.approx(1.0)
+    assert s == tm.all_metrics([1, 2], [0, 4]) and set(s) == {"rho", "l2", "rl2"}
+    assert isnan(None) and isnan(float("nan")) and isnan("x") and not isnan(0.0)
 
 
 def test_fisher_z_mean_hand_computed():
@@ -120,5 +89,11 @@ def test_bootstrap_undefined_cases():
     assert bootstrap_ci(t, np.full(10, 3.0), n_boot=50) == pytest.approx((np.nan, np.nan), nan_ok=True)
     assert all(math.isnan(v) for v in bootstrap_ci([1.0], [1.0], n_boot=10))
     assert bootstrap_ci(t, 2 * t + 1, n_boot=50) == pytest.approx((1.0, 1.0))
+    # the NaN policy of train_head.metrics: a non-finite value anywhere -> undefined, not an exception
+    p = t.copy()
+    p[3] = np.nan
+    assert all(math.isnan(v) for v in bootstrap_ci(t, p, n_boot=50))
+    assert all(math.isnan(v) for v in bootstrap_ci(np.where(np.arange(10) == 0, np.inf, t), t, n_boot=50))
+    assert all(math.isnan(v) for v in bootstrap_ci_fisher([(t, t), (t, p)], n_boot=50))
     with pytest.raises(ValueError):
         bootstrap_ci(t, t[:5])

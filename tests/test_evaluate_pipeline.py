@@ -98,7 +98,7 @@ T, N = 16, 36
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     from data.base import read_even
-    from data.testutil import write_video
+    from tests.testutil import write_video
     from data.transforms import FrameConfig, View
     from extract.pipeline import featurize_frames
     from evaluate.score import _backbone   # the very model score_video uses (loaded once)
@@ -157,6 +157,12 @@ def test_score_dd_needs_difficulty_and_uses_same_difficulty(scored):
     res = score_video(scored["video"], scored["dd"], difficulty=3.0, voters=100, device="cpu")
     assert {x["difficulty"] for x in res["exemplars"]} == {3.0}
     assert res["score"] == pytest.approx(_trainer_pred(scored["dd"]), abs=1e-3)
+    # score = completeness x difficulty: the head's completeness (exemplar completeness + predicted
+    # difference) times 3.0, never the bare completeness
+    for e in res["exemplars"]:
+        comp = e["score"] / e["difficulty"] + e["predicted_difference"]
+        assert e["prediction"] == pytest.approx(3.0 * comp, rel=1e-6) and abs(comp) > 1.0
+    assert res["score"] == pytest.approx(np.mean([e["prediction"] for e in res["exemplars"]]))
     far = score_video(scored["video"], scored["dd"], difficulty=3.4, voters=4, device="cpu")
     assert "nearest difficulty 3" in " ".join(far["notes"])
 
@@ -202,7 +208,7 @@ def test_score_cli_text_and_json(scored):
 
 
 def test_score_frame_folder_and_short_clip(scored, tmp_path):
-    from data.testutil import write_frames
+    from tests.testutil import write_frames
     folder = write_frames(tmp_path / "frames", list(range(0, 200, 10)), size=(40, 40))    # 20 frames
     res = score_video(folder, scored["core"], voters=2, device="cpu", sampling="first")
     assert math.isfinite(res["score"]) and res["frames"]["sampling"] == "first"

@@ -221,9 +221,40 @@ def test_cli_plots_and_report(tmp_path):
     _assert_png(root / "aqa7" / "diving" / "mlp" / "seed0" / "curves.png")
 
 
-def test_spearman_in_scatter_title_matches(runs):
-    import matplotlib.pyplot as plt  # noqa: F401  (backend already Agg)
+def test_scatter_plot_title_shows_the_run_and_its_rho(runs, monkeypatch):
+    """Reads the plot back: the PNG is a real image, and the figure's title names the run and the rho of
+    predictions.csv (figures are captured when plots.py closes them)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from evaluate import plots
+
+    closed, real_close = [], plt.close
+    monkeypatch.setattr(plots.plt, "close", lambda fig=None: closed.append(fig))
     run = runs / "aqa7" / "diving" / "core" / "seed0"
-    p = pd.read_csv(run / "predictions.csv")
-    assert math.isfinite(spearman(p["pred"], p["true"]))
+    out = plots.plot_scatter(run, json.loads((run / "summary.json").read_text()))
+    monkeypatch.undo()
+    try:
+        assert out == run / "scatter.png" and out.stat().st_size > 0
+        _assert_png(out)
+        with Image.open(out) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+            assert len(np.unique(np.asarray(im.convert("L")))) > 2        # something was drawn
+        assert len(closed) == 1
+        fig = closed[0]
+        title = fig.axes[0].get_title()
+        p = pd.read_csv(run / "predictions.csv")
+        rho = spearman(p["pred"], p["true"])
+        assert math.isfinite(rho)
+        assert title.startswith("aqa7 / diving / core / seed 0\n"), title
+        assert f"rho = {rho:.4f}" in title and f"(n = {len(p)} test videos)" in title, title
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert f"val-selected (rho {rho:.4f})" in legend
+        assert f"final epoch (rho {spearman(p['pred_final'], p['true']):.4f})" in legend
+    finally:
+        for f in closed:
+            real_close(f)
+
+
+def test_empty_table():
     assert build_table([], n_boot=10).empty

@@ -262,15 +262,46 @@ def test_port_layouts_round_trip(tmp_path, ref_model, ref_out, x_small, layout, 
     assert W.weights_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_port_layout_keys_are_the_published_ones(ref_model):
-    pi = to_port_layout(ref_model, "pytorch-i3d", None)
-    kip = to_port_layout(ref_model, "kinetics_i3d_pytorch", None)
-    for k in ("Conv3d_1a_7x7.conv3d.weight", "Conv3d_1a_7x7.bn.running_mean", "Mixed_3b.b0.conv3d.weight",
-              "Mixed_3b.b1a.bn.bias", "Mixed_5c.b3b.conv3d.weight", "logits.conv3d.bias"):
-        assert k in pi
-    for k in ("conv3d_1a_7x7.conv3d.weight", "conv3d_1a_7x7.batch3d.running_var",
-              "mixed_3b.branch_1.0.conv3d.weight", "mixed_5c.branch_3.1.batch3d.bias", "conv3d_0c_1x1.conv3d.bias"):
-        assert k in kip
+# Key names as the published files spell them -> our key the library must load them into. Written out by
+# hand from the ports' checkpoints (not generated), so they check the library's name maps, not ours.
+PUBLISHED_KEYS = {
+    "pytorch-i3d": {
+        "Conv3d_1a_7x7.conv3d.weight": "Conv3d_1a_7x7.conv.weight",
+        "Conv3d_1a_7x7.bn.running_mean": "Conv3d_1a_7x7.bn.running_mean",
+        "Mixed_3b.b0.conv3d.weight": "Mixed_3b.b0.conv.weight",
+        "Mixed_3b.b1a.bn.bias": "Mixed_3b.b1a.bn.bias",
+        "Mixed_4e.b2b.bn.running_var": "Mixed_4e.b2b.bn.running_var",
+        "Mixed_5c.b3b.conv3d.weight": "Mixed_5c.b3b.conv.weight",
+        "logits.conv3d.bias": "Logits.conv.bias",
+    },
+    "kinetics_i3d_pytorch": {
+        "conv3d_1a_7x7.conv3d.weight": "Conv3d_1a_7x7.conv.weight",
+        "conv3d_1a_7x7.batch3d.running_var": "Conv3d_1a_7x7.bn.running_var",
+        "mixed_3b.branch_0.conv3d.weight": "Mixed_3b.b0.conv.weight",
+        "mixed_3b.branch_1.0.conv3d.weight": "Mixed_3b.b1a.conv.weight",
+        "mixed_3b.branch_1.1.conv3d.weight": "Mixed_3b.b1b.conv.weight",
+        "mixed_4c.branch_2.0.batch3d.bias": "Mixed_4c.b2a.bn.bias",
+        "mixed_4c.branch_2.1.batch3d.running_mean": "Mixed_4c.b2b.bn.running_mean",
+        "mixed_5c.branch_3.1.batch3d.bias": "Mixed_5c.b3b.bn.bias",
+        "conv3d_0c_1x1.conv3d.bias": "Logits.conv.bias",
+    },
+}
+
+
+@pytest.mark.parametrize("layout", sorted(PUBLISHED_KEYS))
+def test_published_key_names_land_in_the_right_place(ref_model, layout):
+    """Each published key is read into its documented place of our layout: a marker value put under the
+    published name must come out of W.convert_state_dict under our name, and nowhere else."""
+    sd = to_port_layout(ref_model, layout, None)
+    assert set(PUBLISHED_KEYS[layout]) <= set(sd)          # the test's own helper speaks the published names
+    for k, (published, ours) in enumerate(PUBLISHED_KEYS[layout].items()):
+        sd[published] = torch.full_like(sd[published], 1000.0 + k)
+    out, found = W.convert_state_dict(sd)
+    assert found == layout
+    for k, (published, ours) in enumerate(PUBLISHED_KEYS[layout].items()):
+        assert torch.equal(out[ours], torch.full_like(out[ours], 1000.0 + k)), f"{published} -> {ours}"
+    marked = {n for n, v in out.items() if v.numel() and bool((v >= 1000.0).all())}
+    assert marked == set(PUBLISHED_KEYS[layout].values())
 
 
 def test_own_layout_plain_fused_and_wrapped(tmp_path, ref_model, ref_out, x_small):
@@ -312,10 +343,24 @@ def test_unknown_files_give_clear_errors(tmp_path, ref_model):
         W.load_i3d(tmp_path / "extra.pt")
 
 
-def test_normalisation_constants():
-    assert W.DEFAULT_NORMALIZATION == "imagenet" and W.TRAINED_NORMALIZATION == "minus1to1"
-    assert W.NORMALIZATIONS["imagenet"] == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    assert set(W.NORMALIZATIONS) == {"imagenet", "minus1to1"}
+def test_documented_normalisations_are_what_frames_get():
+    """extract.weights documents the two input normalisations (NORMALIZATIONS, DEFAULT_NORMALIZATION =
+    the paper's); the frames the extractor feeds the network must be normalised exactly so."""
+    from data.transforms import NORMS, FrameConfig, View, apply_view
+
+    assert FrameConfig().norm == W.DEFAULT_NORMALIZATION == "imagenet"
+    assert set(W.NORMALIZATIONS) == set(NORMS) and W.TRAINED_NORMALIZATION in NORMS
+    rgb = np.array([0, 64, 128, 255], dtype=np.uint8)
+    frames = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+    frames[0, :, :, :] = rgb[:, None, None]                 # row r has grey level rgb[r] in every channel
+    frames[0, :, :, 1] = 200                                # and channel 1 a constant 200
+    for name, (mean, std) in W.NORMALIZATIONS.items():
+        x = apply_view(frames, View("t", crop="tl"), FrameConfig(resize_hw=(4, 4), crop=4, norm=name))
+        assert x.shape == (3, 1, 4, 4)                      # [3, T, crop, crop]
+        x = x[:, 0].transpose(1, 2, 0)
+        byte = frames[0].astype(np.float64)
+        want = (byte / 255.0 - np.array(mean)) / np.array(std)
+        np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.slow

@@ -166,7 +166,7 @@ def test_contrastive_mlp_voting():
     delta = h(f_q[0].expand(4, 3), f_e[0], t_e[0])
     torch.testing.assert_close(p.target[0], ((t_e[0] + delta)[[0, 2]]).mean())
     assert p.leaf is None and torch.isnan(p.per_voter[0, 1])
-    torch.testing.assert_close(h.predict(f_q, f_e, t_e, mask.numpy()).target, p.target)   # numpy mask (test_voters)
+    torch.testing.assert_close(h.predict(f_q, f_e, t_e, mask.numpy()).target, p.target)   # numpy mask (draw_voters)
 
 
 @pytest.mark.parametrize("name", ["core", "contrastive_mlp"])
@@ -190,7 +190,7 @@ def test_learns_known_relation(name):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    idx, mask = pairs.test_voters(200, 100, 10, rng)
+    idx, mask = pairs.draw_voters(200, 100, 10, rng)
     with torch.no_grad():
         p = h.predict(f_te, f_tr[idx], s_tr[idx], torch.from_numpy(mask))
     rho = spearmanr(p.target.numpy(), s_te.numpy())[0]

@@ -59,52 +59,52 @@ def test_train_pairs_small_and_nan():
         pairs.train_pairs(3, rng(), difficulty=[1.0, np.nan, 1.0])
 
 
-def test_voters_no_difficulty_distinct_and_uniform():
-    idx, mask = pairs.test_voters(8, 5, 3, rng())
+def test_draw_voters_no_difficulty_distinct_and_uniform():
+    idx, mask = pairs.draw_voters(8, 5, 3, rng())
     assert idx.shape == mask.shape == (5, 3) and idx.dtype == np.int64 and mask.all()
     assert all(len(set(row)) == 3 for row in idx.tolist()) and ((0 <= idx) & (idx < 8)).all()
     # None + n_pool / n_query and all-NaN arrays mean the same thing as ints
-    idx2, _ = pairs.test_voters(None, None, 3, rng(), n_pool=8, n_query=5)
-    idx3, _ = pairs.test_voters(np.full(8, np.nan), np.full(5, np.nan), 3, rng())
+    idx2, _ = pairs.draw_voters(None, None, 3, rng(), n_pool=8, n_query=5)
+    idx3, _ = pairs.draw_voters(np.full(8, np.nan), np.full(5, np.nan), 3, rng())
     np.testing.assert_array_equal(idx, idx2)
     np.testing.assert_array_equal(idx, idx3)
-    idx, _ = pairs.test_voters(5, 5000, 2, rng(2))
+    idx, _ = pairs.draw_voters(5, 5000, 2, rng(2))
     freq = np.bincount(idx.ravel(), minlength=5) / 5000
     np.testing.assert_allclose(freq, 2 / 5, atol=0.03)   # each pool member in a row with prob m/P
     assert (idx[:, 0] != idx[:, 1]).all()
 
 
-def test_voters_fewer_than_m_uses_all_and_masks():
-    idx, mask = pairs.test_voters(3, 4, 5, rng())
+def test_draw_voters_fewer_than_m_uses_all_and_masks():
+    idx, mask = pairs.draw_voters(3, 4, 5, rng())
     np.testing.assert_array_equal(mask, np.tile([True, True, True, False, False], (4, 1)))
     for row in idx:
         assert sorted(row[:3].tolist()) == [0, 1, 2]
         assert (row[3:] == row[0]).all()                 # masked slots repeat the first voter
 
 
-def test_voters_same_difficulty_fallback_and_tie(caplog):
+def test_draw_voters_same_difficulty_fallback_and_tie(caplog):
     pool = np.array([1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 1.0])
     query = np.array([2.0, 1.0, 3.0, 4.0, 1.5])          # 4.0 -> nearest 3.0; 1.5 -> tie 1.0 / 2.0 -> 1.0
     with caplog.at_level(logging.WARNING):
-        idx, mask = pairs.test_voters(pool, query, 2, rng())
+        idx, mask = pairs.draw_voters(pool, query, 2, rng())
     assert "2 of 5 queries" in caplog.text
     np.testing.assert_array_equal(mask, [[1, 1], [1, 1], [1, 0], [1, 0], [1, 1]])
     want = np.array([2.0, 1.0, 3.0, 3.0, 1.0])
     assert (pool[idx] == want[:, None]).all()
     assert all(len(set(r[m].tolist())) == m.sum() for r, m in zip(idx, mask))
-    a = pairs.test_voters(pool, query, 2, rng(5))
-    b = pairs.test_voters(pool, query, 2, rng(5))
+    a = pairs.draw_voters(pool, query, 2, rng(5))
+    b = pairs.draw_voters(pool, query, 2, rng(5))
     np.testing.assert_array_equal(a[0], b[0])
 
 
-def test_voters_errors():
+def test_draw_voters_errors():
     with pytest.raises(ValueError, match="both"):
-        pairs.test_voters([1.0, 2.0], None, 2, rng(), n_query=3)
+        pairs.draw_voters([1.0, 2.0], None, 2, rng(), n_query=3)
     with pytest.raises(ValueError, match="n_pool"):
-        pairs.test_voters(None, 3, 2, rng())
+        pairs.draw_voters(None, 3, 2, rng())
     with pytest.raises(ValueError, match="m must"):
-        pairs.test_voters(3, 3, 0, rng())
+        pairs.draw_voters(3, 3, 0, rng())
     with pytest.raises(ValueError, match="empty"):
-        pairs.test_voters(0, 3, 2, rng())
+        pairs.draw_voters(0, 3, 2, rng())
     with pytest.raises(ValueError, match="NaN"):
-        pairs.test_voters([1.0, np.nan], [1.0], 2, rng())
+        pairs.draw_voters([1.0, np.nan], [1.0], 2, rng())

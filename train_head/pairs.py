@@ -4,7 +4,7 @@
 
     rng = np.random.default_rng(seed)
     q, e, n_dropped = train_pairs(n_train, rng, difficulty=train_difficulty_or_None)
-    idx, mask = test_voters(train_difficulty_or_None, test_difficulty_or_None, m=10, rng=rng)
+    idx, mask = draw_voters(train_difficulty_or_None, test_difficulty_or_None, m=10, rng=rng)
 
 "Difficulty" arrays follow the cache's convention: ``None`` or an all-NaN array means "no difficulty";
 a partly NaN array is an error. Equal difficulty means exactly equal float values (MTL-AQA degrees are
@@ -20,7 +20,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["train_pairs", "test_voters"]
+__all__ = ["train_pairs", "draw_voters"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _distinct_draws(c: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarr
     return out
 
 
-def test_voters(pool_difficulty, query_difficulty, m: int, rng: np.random.Generator, *,
+def draw_voters(pool_difficulty, query_difficulty, m: int, rng: np.random.Generator, *,
                 n_pool: int | None = None, n_query: int | None = None):
     """``m`` distinct exemplars (voters) from the pool per query.
 
@@ -126,24 +126,24 @@ def test_voters(pool_difficulty, query_difficulty, m: int, rng: np.random.Genera
     """
     m = int(m)
     if m < 1:
-        raise ValueError(f"test_voters: m must be >= 1, got {m}")
+        raise ValueError(f"draw_voters: m must be >= 1, got {m}")
 
     def size_and_diff(x, n, what):
         if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
             return int(x), None
         if x is None:
             if n is None:
-                raise ValueError(f"test_voters: {what}_difficulty is None; pass n_{what}= (or an int size)")
+                raise ValueError(f"draw_voters: {what}_difficulty is None; pass n_{what}= (or an int size)")
             return int(n), None
         arr = np.asarray(x, dtype=np.float64).ravel()
-        return arr.size, _difficulty(arr, f"test_voters ({what})")
+        return arr.size, _difficulty(arr, f"draw_voters ({what})")
 
     P, dp = size_and_diff(pool_difficulty, n_pool, "pool")
     B, dq = size_and_diff(query_difficulty, n_query, "query")
     if P == 0:
-        raise ValueError("test_voters: the exemplar pool is empty")
+        raise ValueError("draw_voters: the exemplar pool is empty")
     if (dp is None) != (dq is None):
-        raise ValueError("test_voters: give difficulty for both the pool and the queries, or for neither")
+        raise ValueError("draw_voters: give difficulty for both the pool and the queries, or for neither")
 
     if dp is None:
         local = _distinct_draws(np.full(B, P, np.int64), m, rng)
@@ -160,7 +160,7 @@ def test_voters(pool_difficulty, query_difficulty, m: int, rng: np.random.Genera
             pick_hi = np.abs(values[hi] - dq) < np.abs(values[lo] - dq)
             near = np.where(pick_hi, hi, lo)
             gc = np.where(found, gc, near)
-            log.warning("test_voters: %d of %d queries have no pool video of their difficulty; they use the "
+            log.warning("draw_voters: %d of %d queries have no pool video of their difficulty; they use the "
                         "nearest difficulty value instead", int((~found).sum()), B)
         local = _distinct_draws(counts[gc], m, rng)
         idx = np.where(local >= 0, order[starts[gc][:, None] + np.maximum(local, 0)], -1)
@@ -168,6 +168,3 @@ def test_voters(pool_difficulty, query_difficulty, m: int, rng: np.random.Genera
     mask = local >= 0
     idx = np.where(mask, idx, idx[:, :1]).astype(np.int64)
     return idx, mask
-
-# Not a pytest test despite its name (test modules that import it must not collect it).
-test_voters.__test__ = False

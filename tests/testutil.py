@@ -1,5 +1,8 @@
-"""Tiny fixtures for tests and examples: solid-colour frame folders and videos whose frame k has grey
-level `values[k]`, so tests can tell which frame a reader returned."""
+"""Test helpers (not library code): solid-colour frame folders and videos whose frame k has grey level
+`values[k]`, so tests can tell which frame a reader returned.
+
+    from tests.testutil import write_frames, write_video
+"""
 from __future__ import annotations
 
 from pathlib import Path
