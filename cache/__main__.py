@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from data.cli import CONTEXT_SETTINGS, user_error, verbose_option
+
 from .reader import load_cache
 from .store import CacheError, merge_parts, parts_dir, scan_parts
 
@@ -24,20 +26,22 @@ def _human(n: int) -> str:
     return str(n)
 
 
-@click.group()
+@click.group(context_settings=CONTEXT_SETTINGS)
+@verbose_option
 def main() -> None:
     """Inspect and merge HDF5 feature caches."""
 
 
-@main.command()
+@main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--max-failed", default=20, show_default=True, help="Failed videos listed at most.")
+@verbose_option
 def info(file: Path, max_failed: int) -> None:
     """Print what a cache FILE holds: videos, views, attributes, size, per-split counts, failures."""
     try:
         c = load_cache(file)
     except CacheError as e:
-        raise click.ClickException(str(e)) from e
+        raise user_error(e) from None
     n, v, k, d = c.features.shape
     click.echo(f"file:      {c.path}  ({_human(c.path.stat().st_size)})")
     click.echo(f"features:  {n} videos x {v} views x {k} clips x {d}  ({c.features.dtype})")
@@ -62,9 +66,10 @@ def info(file: Path, max_failed: int) -> None:
         click.echo(f"  ... and {len(c.failed) - max_failed} more")
 
 
-@main.command()
+@main.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--keep-parts", is_flag=True, help="Keep <OUT>.parts/ after merging.")
+@verbose_option
 def merge(out: Path, keep_parts: bool) -> None:
     """Merge the part files in OUT.parts/ (from one run or several torchrun ranks) into OUT.
 
@@ -78,7 +83,7 @@ def merge(out: Path, keep_parts: bool) -> None:
         merge_parts(out, remove_parts=not keep_parts)
         c = load_cache(out)
     except CacheError as e:
-        raise click.ClickException(str(e)) from e
+        raise user_error(e) from None
     click.echo(f"{out}: {len(c)} videos, {len(c.failed)} failed (from {st.n_parts} part files)")
 
 

@@ -2,26 +2,27 @@
 from __future__ import annotations
 
 import collections
-import logging
 import sys
 import time
 
 import click
 
 from . import DATASETS, DataError, get_dataset
+from .cli import CONTEXT_SETTINGS, opt_option, user_error, verbose_option
 
 
-@click.group()
+@click.group(context_settings=CONTEXT_SETTINGS)
+@verbose_option
 def cli():
     """Datasets: demo data generation and inspection."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
 @click.option("--n-videos", default=48, show_default=True, type=int)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--size", default=128, show_default=True, type=int, help="frame side in pixels")
+@verbose_option
 def synthetic(out, n_videos, seed, size):
     """Render the synthetic diving demo dataset (AQA-7 layout) into OUT."""
     from .synthetic import write_synthetic
@@ -30,27 +31,22 @@ def synthetic(out, n_videos, seed, size):
     try:
         write_synthetic(out, n_videos=n_videos, seed=seed, size=size)
     except DataError as exc:
-        raise click.ClickException(str(exc))
+        raise user_error(exc) from None
     click.echo(f"wrote {n_videos} videos to {out} in {time.time() - t:.1f}s")
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--dataset", "name", required=True, type=click.Choice(sorted(DATASETS)))
 @click.option("--root", required=True, help="dataset root (csv: the CSV file)")
-@click.option("--option", "-o", multiple=True, help="reader option KEY=VALUE, e.g. -o cls=diving")
-def info(name, root, option):
+@opt_option
+@verbose_option
+def info(name, root, opts):
     """Count samples per split and class."""
-    opts = {}
-    for kv in option:
-        if "=" not in kv:
-            raise click.BadParameter(f"{kv!r} is not KEY=VALUE", param_hint="--option")
-        k, v = kv.split("=", 1)
-        opts[k] = int(v) if v.lstrip("-").isdigit() else v
     try:
         ds = get_dataset(name, root, **opts)
         samples = ds.samples()
     except DataError as exc:
-        raise click.ClickException(str(exc))
+        raise user_error(exc) from None
     counts = collections.Counter((s.split, s.cls) for s in samples)
     click.echo(f"{name} at {root}: {len(samples)} samples, {ds.n_frames} frames each")
     for split in sorted({s for s, _ in counts}):

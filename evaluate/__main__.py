@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import click
 
+from data.cli import CONTEXT_SETTINGS, user_error, verbose_option
 from evaluate import tables
+from extract.devices import device_option
 
 
 def _write(path: str | None, text: str) -> None:
@@ -49,11 +50,10 @@ def _run_dirs(paths) -> list[Path]:
     return out
 
 
-@click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
-def cli(verbose: bool) -> None:
+@click.group(context_settings=CONTEXT_SETTINGS)
+@verbose_option
+def cli() -> None:
     """Evaluate trained runs: tables, plots, scoring a new video."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 _table_options = [
@@ -74,10 +74,11 @@ def _add(options):
     return deco
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--csv", type=click.Path(dir_okay=False), default=None, help="Write the table as CSV here.")
 @_add(_table_options)
+@verbose_option
 def table(runs, csv, latex, no_reference, n_boot, boot_seed):
     """Result table of every run folder (a folder with summary.json) under RUNS."""
     df, skipped = tables.results_table(runs, n_boot=n_boot, seed=boot_seed)
@@ -86,8 +87,9 @@ def table(runs, csv, latex, no_reference, n_boot, boot_seed):
         click.echo(f"wrote {w}")
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@verbose_option
 def plots(run_dirs):
     """PNG plots (scatter, curves, leaves) into each RUN_DIR (or every run under it)."""
     from evaluate.plots import plot_run
@@ -99,12 +101,13 @@ def plots(run_dirs):
             click.echo(str(p))
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("runs_root", type=click.Path(exists=True, file_okay=False))
 @click.option("--csv", type=click.Path(dir_okay=False), default=None,
               help="CSV path [default: results.csv beside RUNS_ROOT, e.g. artifacts/results.csv].")
 @click.option("--no-plots", is_flag=True, help="Only the table.")
 @_add(_table_options)
+@verbose_option
 def report(runs_root, csv, no_plots, latex, no_reference, n_boot, boot_seed):
     """Everything `make eval` needs: table (markdown + CSV) and every run's plots."""
     from evaluate.plots import plot_run
@@ -124,28 +127,29 @@ def report(runs_root, csv, no_plots, latex, no_reference, n_boot, boot_seed):
         click.echo(f"wrote {n} plots into {len(runs)} run folders under {runs_root}")
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("video", type=click.Path(exists=True))
 @click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A run folder (config.json, model_selected.pt, ...).")
 @click.option("--difficulty", type=float, default=None, help="Difficulty degree (required by DD heads).")
 @click.option("--voters", type=click.IntRange(min=1), default=10, show_default=True, help="Exemplars M.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@device_option
 @click.option("--sampling", type=click.Choice(["even", "first"]), default="even", show_default=True,
               help="How T frames are taken from the clip: spread evenly over it, or the first T.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for drawing the exemplars.")
 @click.option("--weights", default=None,
               help="Backbone weights source if the cache's (config) one is not loadable here; "
                    "its sha256 must still match the cache's.")
+@verbose_option
 def score(video, run_dir, difficulty, voters, as_json, device, sampling, seed, weights):
     """Score a new clip (video file or frame folder) with a trained run."""
     from evaluate.score import ScoreError, score_video
     try:
         res = score_video(video, run_dir, difficulty=difficulty, voters=voters, device=device,
                           sampling=sampling, seed=seed, weights=weights)
-    except ScoreError as e:
-        raise click.ClickException(str(e)) from None
+    except ScoreError as e:             # a DeviceError reaches here as a ScoreError (score._device)
+        raise user_error(e) from None
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return

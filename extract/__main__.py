@@ -4,45 +4,54 @@
     python -m extract features --dataset synthetic --root artifacts/datasets/synthetic
     python -m extract features --dataset aqa7 --root /data/AQA-7 --opt class=diving --views test-only
     torchrun --nproc_per_node 4 -m extract features --dataset mtl_aqa --root /data/MTL-AQA   # 4 GPUs
+    python -m extract cache-path --dataset csv --root my.csv   # the default --out (also make's FEATURES)
+
+Shared option words (-h, -v/-vv, --force, --opt, --frame-size, --resize-mode): data/cli.py;
+--device and --precision: extract/devices.py.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
+import re
 import sys
 from pathlib import Path
 
 import click
 
+from data.cli import (CONTEXT_SETTINGS, force_option, frame_size_option, opt_option, resize_mode_option,
+                      split_list, user_error, verbose_option)
+
+from .devices import device_option, precision_option
+
 VIEWSETS = ("default", "test-only")
 
 
-def _parse_opts(opts: tuple[str, ...]) -> dict:
-    out = {}
-    for o in opts:
-        if "=" not in o:
-            raise click.BadParameter(f"{o!r}: expected KEY=VALUE (e.g. class=diving)", param_hint="--opt")
-        k, v = o.split("=", 1)
-        k = {"class": "cls"}.get(k.strip(), k.strip())
-        try:
-            out[k] = json.loads(v)          # numbers / booleans
-        except ValueError:
-            out[k] = v
-    return out
+def _name_part(text: str) -> str:
+    """A piece of a file name that is safe unquoted in a shell or a Makefile."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "x"
 
 
-def _parse_hw(s: str) -> tuple[int, int]:
-    parts = s.lower().replace("x", ",").split(",")
-    try:
-        if len(parts) == 1:
-            return int(parts[0]), int(parts[0])
-        if len(parts) == 2:
-            return int(parts[0]), int(parts[1])
-    except ValueError:
-        pass
-    raise click.BadParameter(f"{s!r}: expected HEIGHT,WIDTH (e.g. 455,256) or one number",
-                             param_hint="--frame-size")
+def default_cache_path(dataset: str, weights: str = "kinetics400", root: str | Path | None = None,
+                       artifacts: str | Path = "artifacts") -> Path:
+    """THE default feature cache of a dataset, used by `python -m extract features` without --out, by
+    `python -m extract cache-path`, and through it by the Makefile (its FEATURES default):
+
+        <artifacts>/features/<dataset>-<weights name>.h5                 e.g. synthetic-kinetics400.h5
+        <artifacts>/features/csv-<csv stem>-<hash8>-<weights name>.h5    DATASET=csv
+
+    ``weights name`` is the weights source without folder and suffix (kinetics400, random, model_rgb).
+    For ``csv`` the root is the CSV file: its stem and the first 8 hex digits of the sha256 of its absolute
+    path keep two CSV datasets apart. Frame settings, views and --opt options are not in the name: the cache
+    records them, and a rerun with other settings into the same file is refused (unless --force).
+    """
+    name = _name_part(dataset)
+    if dataset == "csv":
+        if root is None or not str(root).strip():
+            raise ValueError("dataset csv: the default cache name needs --root (the CSV file)")
+        absolute = Path(root).expanduser().resolve()
+        digest = hashlib.sha256(str(absolute).encode("utf-8")).hexdigest()[:8]
+        name += f"-{_name_part(absolute.stem)}-{digest}"
+    return Path(artifacts) / "features" / f"{name}-{_name_part(Path(str(weights)).stem)}.h5"
 
 
 def _select_views(spec: str, dataset_name: str):
@@ -53,7 +62,7 @@ def _select_views(spec: str, dataset_name: str):
         return views, "default"
     if spec == "test-only":
         return [v for v in views if v.role == "test"][:1], "test-only"
-    names = [n.strip() for n in spec.split(",") if n.strip()]
+    names = split_list(spec)
     by_name = {v.name: v for v in views}
     unknown = [n for n in names if n not in by_name]
     if unknown:
@@ -64,7 +73,8 @@ def _select_views(spec: str, dataset_name: str):
 
 
 def default_out(dataset: str, opts: dict, sha: str, viewset: str, cfg) -> Path:
-    """artifacts/features/<dataset>[-<opts>]-i3d-<sha8>-<viewset>[-<frame config>].h5"""
+    """artifacts/features/<dataset>[-<opts>]-i3d-<sha8>-<viewset>[-<frame config>].h5: a name with every
+    setting in it, for scripts that keep one file per setting. Not the CLI's default (`default_cache_path`)."""
     from data.transforms import FrameConfig
 
     name = dataset + "".join(f"-{v}" for _, v in sorted(opts.items()))
@@ -82,20 +92,15 @@ def default_out(dataset: str, opts: dict, sha: str, viewset: str, cfg) -> Path:
     return Path("artifacts/features") / f"{name}-i3d-{sha[:8]}-{viewset}{tail}.h5"
 
 
-@click.group()
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+@click.group(context_settings=CONTEXT_SETTINGS)
+@verbose_option
+def main() -> None:
     """Stage one: I3D weights and feature extraction into an HDF5 cache."""
-    from .dist import dist_info
-
-    info = dist_info()
-    prefix = f"[rank {info.rank}] " if info.enabled else ""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format=f"{prefix}%(levelname)s %(name)s: %(message)s")
 
 
-@main.command()
-@click.option("--force", is_flag=True, help="Download and convert again even if the converted file exists.")
+@main.command(context_settings=CONTEXT_SETTINGS)
+@force_option(help="Download and convert again even if the converted file exists.")
+@verbose_option
 def weights(force: bool) -> None:
     """Fetch, convert and verify the Kinetics-400 I3D weights; print their path and sha256."""
     from .weights import fetch_kinetics400, weights_sha256
@@ -104,31 +109,46 @@ def weights(force: bool) -> None:
         path = fetch_kinetics400(force=force)
         sha = weights_sha256("kinetics400")
     except ValueError as e:
-        raise click.ClickException(str(e)) from e
+        raise user_error(e) from None
     click.echo(f"{path}\nsha256 {sha}")
 
 
-@main.command()
-@click.option("--dataset", required=True, help="Dataset name: aqa7, mtl_aqa, jigsaws, csv, synthetic.")
-@click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder (csv: the CSV file).")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
-              help="Dataset option, repeatable: class=diving (aqa7), task=Suturing (jigsaws), normalise=true ...")
+_DATASET_HELP = "Dataset name: aqa7, mtl_aqa, jigsaws, csv, synthetic."
+_ROOT_HELP = "Dataset root folder (csv: the CSV file)."
+_WEIGHTS_HELP = "kinetics400 | random (seeded, for tests) | PATH to a state dict."
+
+
+@main.command("cache-path", context_settings=CONTEXT_SETTINGS)
+@click.option("--dataset", required=True, help=_DATASET_HELP)
+@click.option("--root", default=None, help=_ROOT_HELP + " Needed for csv only.")
+@click.option("--weights", default="kinetics400", show_default=True, help=_WEIGHTS_HELP)
+@click.option("--artifacts", default="artifacts", show_default=True, help="Artifacts folder (the Makefile's ART).")
+@verbose_option
+def cache_path(dataset, root, weights, artifacts) -> None:
+    """Print the default cache file of `features` (no --out) for these settings; the Makefile's FEATURES."""
+    try:
+        click.echo(str(default_cache_path(dataset, weights, root, artifacts)))
+    except ValueError as e:
+        raise user_error(e) from None
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--dataset", required=True, help=_DATASET_HELP)
+@click.option("--root", required=True, type=click.Path(path_type=Path), help=_ROOT_HELP)
+@opt_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output .h5 [default: artifacts/features/<dataset>-i3d-<weights-sha8>-<viewset>.h5].")
-@click.option("--weights", default="kinetics400", show_default=True,
-              help="kinetics400 | random (seeded, for tests) | PATH to a state dict.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
-              help="CUDA autocast dtype (auto = bf16); the CPU always runs float32.")
+              help="Output .h5 [default: artifacts/features/<dataset>-<weights>.h5, for csv "
+                   "<dataset>-<csv stem>-<hash8>-<weights>.h5; `python -m extract cache-path` prints it].")
+@click.option("--weights", default="kinetics400", show_default=True, help=_WEIGHTS_HELP)
+@device_option(help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK).")
+@precision_option
 @click.option("--views", "views_spec", default="default", show_default=True,
               help="default (test view + training views) | test-only | comma list of view names.")
-@click.option("--frame-size", default="455,256", show_default=True, help="Resize to HEIGHT,WIDTH (nearest) or "
-              "short side min(HEIGHT,WIDTH) with --resize-mode bilinear_short_side.")
+@frame_size_option
 @click.option("--crop", default=224, show_default=True, type=int, help="Crop size in pixels.")
 @click.option("--norm", type=click.Choice(["imagenet", "minus1to1"]), default="imagenet", show_default=True,
               help="Input normalisation (imagenet = the CoRe paper's; minus1to1 = what the weights were trained on).")
-@click.option("--resize-mode", type=click.Choice(["nearest", "bilinear_short_side"]), default="nearest",
-              show_default=True, help="Frame resize rule (SPEC section 2).")
+@resize_mode_option
 @click.option("--n-clips", default=10, show_default=True, type=int, help="Clips of 16 frames per sample.")
 @click.option("--batch-clips", default=None, type=int, help="Clips per forward pass [default: 128 CUDA, 16 CPU].")
 @click.option("--workers", default=None, type=int, help="Decode workers [default: 0 on CPU, up to 8 on CUDA].")
@@ -136,10 +156,11 @@ def weights(force: bool) -> None:
               help="Finished videos per part file (what a crash can lose at most, per rank).")
 @click.option("--max-videos", default=None, type=int, help="Only the first N samples (quick checks).")
 @click.option("--strict", is_flag=True, help="Stop at the first video that fails instead of recording it.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing cache (or parts) made with other settings.")
+@force_option(help="Redo: replace an existing cache (and its part files), even one made with other settings.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@verbose_option
 def features(dataset, root, opts, out, weights, device, precision, views_spec, frame_size, crop, norm, resize_mode,
-             n_clips, batch_clips, workers, part_every, max_videos, strict, overwrite, no_progress) -> None:
+             n_clips, batch_clips, workers, part_every, max_videos, strict, force, no_progress) -> None:
     """Extract I3D clip features of every sample into one HDF5 cache (resumable; see `python -m cache info`)."""
     from cache import CacheError
     from data import DataError, get_dataset
@@ -147,27 +168,25 @@ def features(dataset, root, opts, out, weights, device, precision, views_spec, f
 
     from .dist import dist_info
     from .pipeline import run_extraction
-    from .weights import weights_sha256
 
-    info = dist_info()
-    options = _parse_opts(opts)
     try:
-        ds = get_dataset(dataset, root, **options)
-        views, viewset = _select_views(views_spec, ds.name)
-        cfg = FrameConfig(resize_hw=_parse_hw(frame_size), crop=crop, norm=norm, interp=resize_mode)
+        info = dist_info()
+        ds = get_dataset(dataset, root, **opts)
+        views, _ = _select_views(views_spec, ds.name)
+        cfg = FrameConfig(resize_hw=frame_size, crop=crop, norm=norm, interp=resize_mode)
         if out is None:
-            out = default_out(dataset, options, weights_sha256(weights), viewset, cfg)
+            out = default_cache_path(dataset, weights, root)
         res = run_extraction(ds, out, views=views, frame_cfg=cfg, n_clips=n_clips, weights=weights, device=device,
                              batch_clips=batch_clips, workers=workers, strict=strict, max_videos=max_videos,
-                             overwrite=overwrite, precision=precision, part_every=part_every,
-                             dataset_options=options, progress=not no_progress)
-    except (CacheError, DataError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
+                             overwrite=force, precision=precision, part_every=part_every,
+                             dataset_options=opts, progress=not no_progress)
+    except (CacheError, DataError, ValueError) as e:   # DeviceError and WeightsError are ValueErrors
+        raise user_error(e) from None
     if not info.is_main:
         return
     if res.already_complete:
         click.echo(f"{out}: already complete with these settings, nothing to do "
-                   f"(--overwrite to extract again)")
+                   f"(--force to extract again)")
         return
     from cache import load_cache
 

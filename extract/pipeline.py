@@ -45,28 +45,17 @@ from cache import store as cstore
 from data.transforms import FrameConfig, View, apply_view, clip_starts, cut_clips, shift_window
 
 from . import dist
+from .devices import PRECISIONS, DeviceError, resolve_device  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 CLIP_LEN = 16
 BACKBONE = "i3d"
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ------------------------------------------------------------------------------------------ devices
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without CUDA raises a clear error."""
-    if isinstance(device, torch.device):
-        return device
-    d = str(device).lower()
-    if d == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(d)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device "
-                         f"(torch {torch.__version__}); use --device cpu or install the CUDA build")
-    return dev
+# the project's one device resolver lives in extract.devices; imported here for existing callers
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -43,7 +43,7 @@ def test_torchrun_two_processes_equal_single_process(tmp_path):
                        capture_output=True, text=True, env=_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "extract", *ARGS, "--root", str(root), "--out", str(multi)],
+                        "-m", "extract", "-v", *ARGS, "--root", str(root), "--out", str(multi)],   # -v: INFO logs
                        capture_output=True, text=True, env=_env(), timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "[rank 1]" in r.stderr and "2 process(es)" in r.stdout

@@ -143,7 +143,7 @@ def test_all_videos_failing_raises_instead_of_writing_an_empty_cache(root, tmp_p
 
 def test_cli_help_and_default_out():
     r = subprocess.run([sys.executable, "-m", "extract", "features", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "--weights" in r.stdout and "--opt" in r.stdout and "--overwrite" in r.stdout
+    assert r.returncode == 0 and "--weights" in r.stdout and "--opt" in r.stdout and "--force" in r.stdout
     from extract.__main__ import default_out
     p = default_out("aqa7", {"cls": "diving"}, "0123456789abcdef", "default", FrameConfig())
     assert str(p) == "artifacts/features/aqa7-diving-i3d-01234567-default.h5"
