@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from evaluate.metrics import spearman  # noqa: E402
+from train_head.runfolder import RunFolder  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _fmt(x: float) -> str:
 
 
 def plot_scatter(run: Path, summary: dict | None = None) -> Path | None:
-    p = run / "predictions.csv"
+    p = RunFolder(run).file("predictions.csv")
     if not p.is_file():
         log.info("%s: no predictions.csv, no scatter plot", run)
         return None
@@ -81,7 +82,7 @@ def plot_scatter(run: Path, summary: dict | None = None) -> Path | None:
                  f"(n = {len(df)} test videos)", fontsize=9)
     ax.legend(fontsize=7, loc="best")
     ax.set_aspect("equal", adjustable="datalim")
-    out = run / "scatter.png"
+    out = RunFolder(run).file("scatter.png")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -89,7 +90,7 @@ def plot_scatter(run: Path, summary: dict | None = None) -> Path | None:
 
 
 def plot_curves(run: Path, summary: dict | None = None) -> Path | None:
-    p = run / "metrics.csv"
+    p = RunFolder(run).file("metrics.csv")
     if not p.is_file():
         log.info("%s: no metrics.csv, no training curves", run)
         return None
@@ -116,7 +117,7 @@ def plot_curves(run: Path, summary: dict | None = None) -> Path | None:
     for ax in (ax1, ax2):
         ax.legend(fontsize=7)
     ax1.set_title(_title(run, summary), fontsize=9)
-    out = run / "curves.png"
+    out = RunFolder(run).file("curves.png")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -124,13 +125,13 @@ def plot_curves(run: Path, summary: dict | None = None) -> Path | None:
 
 
 def plot_leaves(run: Path, summary: dict | None = None) -> Path | None:
-    counts = _read_json(run / "leaf_counts.json")
+    counts = _read_json(RunFolder(run).file("leaf_counts.json"))
     if not counts:
         return None
-    groups = (_read_json(run / "groups.json") or {}).get("groups")
+    groups = (_read_json(RunFolder(run).file("groups.json")) or {}).get("groups")
     series = {k: v for k, v in counts.items() if isinstance(v, list) and v}
     if not series:
-        log.warning("%s has no per-leaf count lists", run / "leaf_counts.json")
+        log.warning("%s has no per-leaf count lists", RunFolder(run).file("leaf_counts.json"))
         return None
     n = max(len(v) for v in series.values())
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * n), 4), dpi=100)
@@ -145,7 +146,7 @@ def plot_leaves(run: Path, summary: dict | None = None) -> Path | None:
     ax.set_ylabel("times chosen (test inference)")
     ax.set_title(_title(run, summary), fontsize=9)
     ax.legend(fontsize=7)
-    out = run / "leaves.png"
+    out = RunFolder(run).file("leaves.png")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -157,7 +158,7 @@ def plot_run(run_dir) -> list[Path]:
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"{run} is not a folder; give a run folder (it holds summary.json)")
-    summary = _read_json(run / "summary.json")
+    summary = _read_json(RunFolder(run).file("summary.json"))
     out = []
     for fn in (plot_scatter, plot_curves, plot_leaves):
         p = fn(run, summary)

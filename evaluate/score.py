@@ -54,15 +54,6 @@ class ScoreError(ValueError):
     """A problem the user can fix (wrong run folder, missing difficulty, weights mismatch, ...)."""
 
 
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise ScoreError(f"{path} not found: {what}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ScoreError(f"{path} is not valid JSON ({e}); the run folder is damaged, retrain it") from None
-
-
 def _as_obj(v: Any) -> Any:
     if isinstance(v, str):
         try:
@@ -104,21 +95,30 @@ def _device(name: str):
 
 
 def load_run(run_dir: str | Path) -> dict:
-    """config, summary (may be None), groups (None for non-tree heads), split (may be None)."""
-    run = Path(run_dir)
+    """config, summary, groups (None for non-tree heads), split (may be None) of a complete run; the
+    config's cache path is the absolute one recorded at training time when the relative one does not
+    resolve from the current folder."""
+    from train_head.runfolder import RunFolder, RunFolderError
+
+    folder = RunFolder(run_dir)
+    run = folder.path
     if not run.is_dir():
         raise ScoreError(f"{run} is not a folder; --run takes a run folder (with config.json)")
-    cfg = _read_json(run / "config.json", "--run must be a run folder written by `python -m train_head train`")
-    summary = _read_json(run / "summary.json", "") if (run / "summary.json").is_file() else None
-    if summary is not None and summary.get("complete") is not True:
-        raise ScoreError(f"{run}: the run is not complete (summary.json); finish or rerun training first")
-    if summary is None:
-        raise ScoreError(f"{run}: no summary.json, the run has not finished; finish or rerun training first")
-    if not (run / "model_selected.pt").is_file():
-        raise ScoreError(f"{run}/model_selected.pt not found; the run folder is incomplete, retrain it")
-    groups = _read_json(run / "groups.json", "") if (run / "groups.json").is_file() else None
-    split = _read_json(run / "split.json", "") if (run / "split.json").is_file() else None
-    return {"dir": run, "config": cfg, "summary": summary, "groups": groups, "split": split}
+    try:
+        cfg = folder.read_config()
+        if cfg.get("cache") and not Path(cfg["cache"]).is_file() and cfg.get("cache_path"):
+            cfg["cache"] = cfg["cache_path"]
+        if folder.summary() is None:
+            raise ScoreError(f"{run}: no summary.json, the run has not finished; finish or rerun training first")
+        if not folder.complete:
+            raise ScoreError(f"{run}: the run is not complete (summary.json); finish or rerun training first")
+        if not folder.file("model_selected.pt").is_file():
+            raise ScoreError(f"{folder.file('model_selected.pt')} not found; the run folder is incomplete, retrain it")
+        return {"dir": run, "folder": folder, "config": cfg, "summary": folder.summary(),
+                "groups": folder.read_json("groups.json", required=False),
+                "split": folder.read_json("split.json", required=False)}
+    except RunFolderError as e:
+        raise ScoreError(str(e)) from None
 
 
 def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | None = None, voters: int = 10,
@@ -240,7 +240,7 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
     try:
         head = build_head(head_name, feat_dim=int(pool_f.shape[1]), theta=float(cfg.get("theta", 100.0)),
                           depth=int(cfg.get("depth", 5)), hidden=int(cfg.get("hidden", 256)), groups=groups)
-        state = torch.load(run["dir"] / "model_selected.pt", map_location="cpu", weights_only=True)
+        state = run["folder"].load("model_selected.pt")
         head.load_state_dict(state)
     except (RuntimeError, ValueError, OSError) as e:
         raise ScoreError(f"{run['dir']}/model_selected.pt does not fit head {head_name!r} of config.json "

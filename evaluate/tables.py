@@ -43,6 +43,7 @@ import pandas as pd
 
 from evaluate.metrics import bootstrap_ci_fisher, fisher_z_mean, spearman
 from evaluate.published import AQA7_CLASSES, JIGSAWS_TASKS, LABEL, published_table
+from train_head.runfolder import RunFolder, RunFolderError
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ PROTOCOLS = {
 }
 COLUMNS = ["experiment", "dataset", "class/fold", "head", "protocol", "rho", "rho_std", "rho_ci_lo",
            "rho_ci_hi", "L2", "RL2x100", "n_runs", "n_test", "note"]
-# markers of a run folder that has started but has no summary yet
-_RUN_MARKERS = ("config.json", "metrics.csv", "checkpoint.pt")
 # config keys that legitimately differ between the seeds of one experiment
 _SEED_KEYS = ("seed", "dir", "path", "out", "time", "created", "commit", "version", "host", "git", "device",
               "resumed")
@@ -86,10 +85,11 @@ class Run:
     def predictions(self) -> pd.DataFrame | None:
         if not self._pred_loaded:
             self._pred_loaded = True
-            p = self.path / "predictions.csv"
+            folder = RunFolder(self.path)
+            p = folder.file("predictions.csv")
             if p.is_file():
                 try:
-                    df = pd.read_csv(p, dtype={"video_id": str})
+                    df = folder.read_predictions()
                     if {"video_id", "true"} <= set(df.columns):
                         self._pred = df
                     else:
@@ -97,14 +97,6 @@ class Run:
                 except (OSError, ValueError, pd.errors.ParserError) as e:
                     log.warning("cannot read %s (%s); no CI for this run", p, e)
         return self._pred
-
-
-def _read_json(p: Path) -> dict:
-    with open(p, encoding="utf-8") as f:
-        obj = json.load(f)
-    if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
-    return obj
 
 
 def _experiment(path: Path, root: Path, dataset: str) -> str:
@@ -143,16 +135,14 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple
         if not root.exists():
             skipped.append((str(root), "path does not exist"))
             continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            d = Path(dirpath)
-            if "summary.json" not in filenames:
-                if any(m in filenames for m in _RUN_MARKERS):
-                    skipped.append((str(d), "no summary.json (still training, or crashed)"))
+        for folder in RunFolder.find(root):
+            d = folder.path
+            if not folder.file("summary.json").is_file():
+                skipped.append((str(d), "no summary.json (still training, or crashed)"))
                 continue
             try:
-                s = _read_json(d / "summary.json")
-            except (OSError, ValueError) as e:
+                s = folder.read_json("summary.json")
+            except RunFolderError as e:
                 skipped.append((str(d), f"unreadable summary.json: {e}"))
                 continue
             problem = _summary_problem(s)
@@ -160,9 +150,9 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple
                 skipped.append((str(d), problem))
                 continue
             try:
-                cfg = _read_json(d / "config.json") if (d / "config.json").is_file() else {}
-            except (OSError, ValueError) as e:
-                log.warning("unreadable %s: %s", d / "config.json", e)
+                cfg = folder.read_json("config.json", required=False) or {}
+            except RunFolderError as e:
+                log.warning("%s", e)
                 cfg = {}
             dataset = str(s["dataset"])
             fold = s.get("fold")

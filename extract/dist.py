@@ -94,3 +94,17 @@ def shard(items: Sequence[T], info: DistInfo) -> list[T]:
     """This rank's share, round robin (``items[rank::world]``): balanced, and each rank's part of a
     dataset sorted by size stays mixed."""
     return list(items[info.rank::info.world_size])
+
+
+def contiguous_slice(n: int, info: DistInfo) -> slice:
+    """This rank's contiguous share of n items (np.array_split sizes): rank r of a global batch."""
+    q, r = divmod(n, info.world_size)
+    start = info.rank * q + min(info.rank, r)
+    return slice(start, start + q + (1 if info.rank < r else 0))
+
+
+def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum of `x` over the ranks (in place; unchanged for a single process)."""
+    if info.enabled:
+        torch.distributed.all_reduce(x)
+    return x

@@ -1,5 +1,5 @@
-"""Tiny feature caches for tests, written with h5py in the flat layout of docs/ARCHITECTURE.md
-("cache/"), so tests of stage two do not need stage one.
+"""Tiny feature caches for tests, written by the cache's own writer (`cache.store.write_cache`), so tests
+of stage two do not need stage one and a change of the cache's schema reaches them.
 
     from tests._cachefixture import write_fake_cache, learnable_cache
     write_fake_cache(path, features, scores, difficulty, split, cls, folds, views, attrs)
@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import h5py
 import numpy as np
 
-_STR = h5py.string_dtype("utf-8")
+from cache.store import VideoRecord, write_cache
 
 DEFAULT_VIEWS = [
     {"name": "test", "shift": 0, "flip": False, "crop": "center", "role": "test"},
@@ -56,7 +55,7 @@ def write_fake_cache(path, features, scores, difficulty=None, split=None, cls=No
         "code_version": "test", "created": "1970-01-01T00:00:00+00:00",
     }
     base_attrs.update(attrs or {})
-    base_attrs["views"] = json.dumps(list(views), sort_keys=True)
+    base_attrs["views"] = list(views)
     dataset = str(base_attrs["dataset"])
     split = ["train"] * n if split is None else list(split)
     cls = [dataset] * n if cls is None else list(cls)
@@ -65,22 +64,11 @@ def write_fake_cache(path, features, scores, difficulty=None, split=None, cls=No
     if not (len(scores) == len(diff) == len(split) == len(cls) == len(folds) == len(ids) == n):
         raise ValueError("write_fake_cache: per-video arrays must all have N entries")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as h5:
-        h5.create_dataset("features", data=feats.astype(np.float16), chunks=(1, v, c, feats.shape[3]))
-        h5.create_dataset("video_id", data=np.array(ids, dtype=object), dtype=_STR)
-        h5.create_dataset("score", data=scores)
-        h5.create_dataset("difficulty", data=diff)
-        h5.create_dataset("split", data=np.array(split, dtype=object), dtype=_STR)
-        h5.create_dataset("cls", data=np.array(cls, dtype=object), dtype=_STR)
-        h5.create_dataset("folds", data=np.array([json.dumps(f) for f in folds], dtype=object), dtype=_STR)
-        h5.create_dataset("extra", data=np.array(["{}"] * n, dtype=object), dtype=_STR)
-        h5.create_dataset("failed_id", shape=(0,), dtype=_STR)
-        h5.create_dataset("failed_error", shape=(0,), dtype=_STR)
-        for k, val in base_attrs.items():
-            h5.attrs[k] = val
-    tmp.replace(path)
-    return path
+    records = [VideoRecord(index=i, video_id=ids[i], features=feats[i], score=float(scores[i]),
+                           difficulty=None if np.isnan(diff[i]) else float(diff[i]), split=str(split[i]),
+                           cls=str(cls[i]), folds=dict(folds[i]))
+               for i in range(n)]
+    return write_cache(path, records, [], base_attrs, feature_shape=feats.shape[1:])
 
 
 def learnable_features(scores, n_views: int = 4, n_clips: int = 2, dim: int = 32, noise: float = 0.3,

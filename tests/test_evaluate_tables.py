@@ -13,6 +13,7 @@ from evaluate.metrics import bootstrap_ci, fisher_z_mean, spearman
 from evaluate.plots import plot_run
 from evaluate.published import AQA7_CLASSES
 from evaluate.tables import build_table, find_runs, results_table
+from train_head.runfolder import RunFolder
 
 CORE_PUBLISHED = dict(zip(AQA7_CLASSES, (0.8824, 0.7746, 0.7115, 0.6624, 0.9442, 0.9078)))
 SEL, FIN, BEST = "val-selected", "final-epoch", "best-epoch-on-test (selected on test!)"
@@ -21,28 +22,31 @@ SEL, FIN, BEST = "val-selected", "final-epoch", "best-epoch-on-test (selected on
 def write_run(d, *, dataset="aqa7", cls="diving", fold=None, head="core", seed=0, rho=0.5, rho_final=0.4,
               rho_best=0.9, l2=10.0, rl2=0.02, n_test=12, pred_seed=0, constant=False, complete=True,
               tree=True, with_predictions=True):
+    """A run folder with chosen numbers, written through the trainer's own writer (RunFolder)."""
+    folder = RunFolder(d)
     d.mkdir(parents=True)
     rng = np.random.default_rng(pred_seed)
     true = np.linspace(0, 100, n_test)
     pred = np.full(n_test, 50.0) if constant else true + rng.normal(0, 20, n_test)
     if with_predictions:
-        pd.DataFrame({"video_id": [f"{cls}/{i:03d}" for i in range(n_test)], "true": true, "pred": pred,
-                      "pred_final": pred + 5, "difficulty": np.nan, "n_voters": 10,
-                      "exemplars": "a b", "exemplar_preds": "1.0 2.0"}).to_csv(d / "predictions.csv", index=False)
-    pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [3.0, 2.0, 1.5], "val_rho": [0.1, 0.4, 0.3],
-                  "val_l2": 1.0, "val_rl2": 0.1, "test_rho": [0.2, 0.5, 0.6], "test_l2": 1.0,
-                  "test_rl2": 0.1}).to_csv(d / "metrics.csv", index=False)
-    (d / "config.json").write_text(json.dumps({"dataset": dataset, "head": head, "seed": seed, "lr": 1e-3}))
+        folder.write_predictions(pd.DataFrame({
+            "video_id": [f"{cls}/{i:03d}" for i in range(n_test)], "true": true, "pred": pred,
+            "pred_final": pred + 5, "difficulty": np.nan, "n_voters": 10, "exemplars": "a b",
+            "exemplar_preds": "1.0 2.0"}))
+    folder.write_metrics([{"epoch": e, "train_loss": loss, "val_rho": v, "val_l2": 1.0, "val_rl2": 0.1,
+                           "test_rho": t, "test_l2": 1.0, "test_rl2": 0.1}
+                          for e, loss, v, t in ((0, 3.0, 0.1, 0.2), (1, 2.0, 0.4, 0.5), (2, 1.5, 0.3, 0.6))])
+    folder.write_json("config.json", {"dataset": dataset, "head": head, "seed": seed, "lr": 1e-3})
     if tree:
-        (d / "groups.json").write_text(json.dumps({"groups": [[-2, -1], [-1, 0], [0, 1], [1, 2]],
-                                                   "theta": 100, "n_clamped": 0}))
-        (d / "leaf_counts.json").write_text(json.dumps({"selected": [3, 0, 5, 4]}))
+        folder.write_json("groups.json", {"groups": [[-2, -1], [-1, 0], [0, 1], [1, 2]], "theta": 100,
+                                          "n_clamped": 0})
+        folder.write_json("leaf_counts.json", {"selected": [3, 0, 5, 4]})
     s = {"dataset": dataset, "cls": cls, "fold": fold, "head": head, "seed": seed, "selected_epoch": 1,
          "final_epoch": 2, "selected": {"rho": None if constant else rho, "l2": l2, "rl2": rl2},
          "final": {"rho": rho_final, "l2": l2 + 1, "rl2": rl2 + 0.01},
          "best_on_test": {"epoch": 2, "rho": rho_best, "l2": l2 - 1, "rl2": rl2 - 0.01},
          "n_train": 30, "n_val": 5, "n_test": n_test, "complete": complete}
-    (d / "summary.json").write_text(json.dumps(s))
+    folder.write_json("summary.json", s)
     return d
 
 

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from train_head.config import (ConfigError, RunConfig, config_from_dict, config_record, parse_set_options,
+from train_head.config import (ConfigError, RunConfig, config_from_dict, parse_set_options,
                                resolve_config)
 from train_head.presets import PRESETS, default_preset, get_preset
+from train_head.runfolder import RunFolder
 
 
 def test_defaults_preset_overrides_layering():
@@ -59,7 +60,7 @@ def test_frozen_set_options_and_roundtrip(tmp_path):
     assert parse_set_options(["lr=1e-4", "batch-size=8"]) == {"lr": "1e-4", "batch_size": "8"}
     with pytest.raises(ConfigError, match="unknown config key"):
         parse_set_options(["nope=1"])
-    rec = config_record(cfg, {"dataset": "aqa7", "views": "[]"}, "aqa7")
+    rec = RunFolder.config_record(cfg, "aqa7", {"dataset": "aqa7", "views": "[]"})
     text = json.dumps(rec)
     assert "git_commit" in rec and "git_dirty" in rec and rec["cache_attrs"]["dataset"] == "aqa7"
     assert config_from_dict(json.loads(text)) == cfg

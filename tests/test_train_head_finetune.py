@@ -20,10 +20,11 @@ from train_head.groups import build_groups
 from train_head.heads import build_head
 
 TINY = dict(weights="random", resize_hw=(20, 20), crop=16, n_clips=1, clip_len=8, epochs=2, device="cpu",
-            voters=3, workers=0, eval_batch=8, train_from="Mixed_5b", val_every=2)
+            voters=3, workers=0, eval_batch=8, train_from="Mixed_5b", val_every=2,
+            checkpoint_every=1)
 CLI = ["--dataset", "synthetic", "--weights", "random", "--frame-size", "20x20", "--crop", "16", "--n-clips", "1",
        "--clip-len", "8", "--epochs", "2", "--device", "cpu", "--workers", "0", "--voters", "3",
-       "--train-from", "Mixed_5b", "--val-every", "2", "--no-progress"]
+       "--train-from", "Mixed_5b", "--val-every", "2", "--checkpoint-every", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -114,13 +115,13 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 def test_clip_dataset_same_with_workers(root):
     from data import get_dataset
-    from train_head.finetune import Aug, ClipDataset, _loader
+    from train_head.finetune import Aug, ClipDataset, clip_loader
 
     ds = get_dataset("synthetic", root)
     clips = ClipDataset(ds, ds.samples(), FrameConfig(resize_hw=(20, 20), crop=16), 2, 8, 3)
     plan = [[(0, None), (1, Aug(0, 0.9, 0.1, True))], [(2, Aug(0, 0.0, 0.99, False))]]
-    a = list(_loader(clips, plan, 0, False))
-    b = list(_loader(clips, plan, 1, False))
+    a = list(clip_loader(clips, plan, 0, False))
+    b = list(clip_loader(clips, plan, 1, False))
     assert a[0].shape == (2, 2, 3, 8, 16, 16) and a[1].shape == (1, 2, 3, 8, 16, 16)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0][0], a[0][1])
@@ -203,7 +204,7 @@ def test_config_resolution_and_refusals(root):
     cfg = resolve_finetune_config("mtl_aqa", "/x", head="core_dd")
     assert cfg.theta == 30.0 and cfg.head == "core_dd" and cfg.batch_size == 2 and cfg.grad_accum == 2
     assert (cfg.lr_backbone, cfg.lr_head, cfg.crop, cfg.resize_hw) == (1e-4, 1e-3, 224, (455, 256))
-    with pytest.raises(ValueError, match="unknown finetune key"):
+    with pytest.raises(ValueError, match=r"unknown config key.*\[.lr.\]"):
         resolve_finetune_config("synthetic", str(root), lr=1.0)
     with pytest.raises(ValueError, match="train_from"):
         FinetuneConfig(dataset="synthetic", root=str(root), train_from="Mixed_9z")

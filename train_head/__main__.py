@@ -15,20 +15,17 @@ Examples:
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import contextlib
 import logging
 import math
 import sys
 
 import click
 
+from data.cli import CONTEXT_SETTINGS, force_option, user_error, verbose_option
+from extract.devices import device_option
 from train_head.config import ConfigError, parse_set_options
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+from train_head.finetune_cli import finetune_command
 
 
 def _preset_for(preset, dataset, head, cache_path):
@@ -80,19 +77,19 @@ _COMMON = [
     click.option("--protocol", default=None, type=click.Choice(["4fold", "loso", "louo"]),
                  help="JIGSAWS cross-validation protocol (preset jigsaws: 4fold)."),
     click.option("--fold", default=None, help="Held-out fold id; 'all' or omitted = every fold of the protocol."),
-    click.option("--epochs", type=int, default=None, help="Default 200."),
-    click.option("--batch-size", type=int, default=None, help="Pairs per step (default 32; paper: 2 + grad_accum 2)."),
-    click.option("--voters", type=int, default=None, help="Exemplars per test video (default 10)."),
-    click.option("--depth", type=int, default=None, help="Tree depth (default 5 = 16 leaves)."),
+    click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default 200."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Pairs per step (default 32; paper: 2 + grad_accum 2)."),
+    click.option("--voters", type=click.IntRange(min=1), default=None, help="Exemplars per test video (default 10)."),
+    click.option("--depth", type=click.IntRange(min=2), default=None, help="Tree depth (default 5 = 16 leaves)."),
     click.option("--out", default=None, help="Results root (default artifacts/runs)."),
-    click.option("--device", default=None, help="auto (default), cpu, cuda, cuda:1."),
+    device_option(default=None, help="auto (default), cpu, cuda, cuda:1."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                  help="Any RunConfig field, e.g. --set lr=1e-4 --set val_fraction=0.1 (repeatable)."),
-    click.option("--jobs", type=int, default=1, show_default=True, help="Parallel runs (joblib loky processes)."),
+    click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel runs (joblib loky processes)."),
     click.option("--scheduler", default=None, metavar="ADDRESS",
                  help="Run on a dask.distributed scheduler (tcp://host:8786); needs requirements-dask.txt."),
-    click.option("--force", is_flag=True, help="Retrain runs that are already complete."),
-    click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
+    force_option(help="Retrain runs that are already complete (and replace runs of another config)."),
+    verbose_option,
 ]
 
 
@@ -102,9 +99,21 @@ def _common(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, help=__doc__.replace("\\b", "\b"))
+@click.group(context_settings=CONTEXT_SETTINGS, help=__doc__.replace("\\b", "\b"))
+@verbose_option
 def cli() -> None:
     pass
+
+
+@contextlib.contextmanager
+def _planning():
+    """Errors while planning runs: a config error is a usage error (exit 2), others one line (exit 1)."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except (ValueError, OSError) as exc:
+        raise user_error(exc) from None
 
 
 def _run_and_report(cfgs, *, jobs, scheduler, force) -> None:
@@ -112,18 +121,20 @@ def _run_and_report(cfgs, *, jobs, scheduler, force) -> None:
     from train_head.sweep import run_many   # lazy: keeps `--help` fast
 
     click.echo(f"{len(cfgs)} run(s)")
+    from data.locks import LockedError
+
     try:
         results = run_many(cfgs, jobs=jobs, scheduler=scheduler, force=force)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    except (ConfigError, ValueError, FileNotFoundError, OSError, LockedError) as exc:
+        raise user_error(exc) from None
     _report(results)
 
 
-@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @_common
 @click.option("--seeds", default=None, help="Comma-separated seeds, e.g. 0,1,2 (default: seed from config, 0).")
 def train(cache, preset, dataset, head, cls, protocol, fold, epochs, batch_size, voters, depth, out, device, sets,
-          jobs, scheduler, force, verbose, seeds):
+          jobs, scheduler, force, seeds):
     """Train a head on cached features: one run folder per class/fold and seed,
     <out>/<dataset>/<cls-or-fold>/<head>/seed<k>/.
 
@@ -131,27 +142,24 @@ def train(cache, preset, dataset, head, cls, protocol, fold, epochs, batch_size,
     python -m train_head train --cache artifacts/features/mtl_aqa.h5 --head core_dd --seeds 0,1,2
     python -m train_head train --cache artifacts/features/aqa7.h5 --class all --set epochs=100
     """
-    _setup_logging(verbose)
     from train_head.sweep import plan_runs
 
-    try:
+    with _planning():
         ov = _overrides(cache, dataset, head, cls, protocol, fold, epochs, batch_size, voters, depth, out,
                         device, sets)
         grid = {"seed": [s.strip() for s in seeds.split(",") if s.strip()]} if seeds else None
         cfgs = plan_runs(_preset_for(preset, dataset, ov.get("head"), cache), ov, grid)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
     _run_and_report(cfgs, jobs=jobs, scheduler=scheduler, force=force)
 
 
-@cli.command(context_settings={"help_option_names": ["-h", "--help"]})
+@cli.command(context_settings=CONTEXT_SETTINGS)
 @_common
 @click.option("--grid", "grid_opt", multiple=True, metavar="KEY=V1,V2",
               help="Grid axis (repeatable; further KEY=V1,V2 words after it are axes too). "
                    "Keys: any RunConfig field, plus 'seeds'.")
 @click.argument("grid_args", nargs=-1, metavar="[KEY=V1,V2]...")
 def sweep(cache, preset, dataset, head, cls, protocol, fold, epochs, batch_size, voters, depth, out, device, sets,
-          jobs, scheduler, force, verbose, grid_opt, grid_args):
+          jobs, scheduler, force, grid_opt, grid_args):
     """Run a hyper-parameter grid (cartesian product), one run folder per point.
 
     The head level of the folder carries the grid values that differ from the base config:
@@ -162,10 +170,9 @@ def sweep(cache, preset, dataset, head, cls, protocol, fold, epochs, batch_size,
         --grid head=core,mlp depth=3,5 voters=5,10 seeds=0,1 --jobs 2 --out artifacts/sweep
     python -m train_head sweep --cache F.h5 --grid lr=1e-3,1e-4 --scheduler tcp://10.0.0.5:8786
     """
-    _setup_logging(verbose)
     from train_head.sweep import parse_grid, plan_runs
 
-    try:
+    with _planning():
         grid = parse_grid(list(grid_opt) + list(grid_args))
         if not grid:
             raise ConfigError("sweep needs at least one --grid KEY=V1,V2 axis")
@@ -181,12 +188,10 @@ def sweep(cache, preset, dataset, head, cls, protocol, fold, epochs, batch_size,
                 cfgs += plan_runs(_preset_for(None, dataset, h, cache), ov, sub)
         else:
             cfgs = plan_runs(presets.pop(), ov, grid)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
     _run_and_report(cfgs, jobs=jobs, scheduler=scheduler, force=force)
 
 
-@cli.command()
+@cli.command(context_settings=CONTEXT_SETTINGS)
 def presets() -> None:
     """List the presets and the values they set."""
     from train_head.presets import PRESETS
@@ -195,20 +200,7 @@ def presets() -> None:
         click.echo(f"{name:32s} {values}")
 
 
-# Slot for the end-to-end fine-tuning mode: train_head/finetune.py provides `register(group)` (or a
-# click command `finetune_command`); it is added here as `finetune` when the module exists.
-if importlib.util.find_spec("train_head.finetune") is not None:
-    _ft = importlib.import_module("train_head.finetune")
-    if hasattr(_ft, "register"):
-        _ft.register(cli)
-    else:
-        cli.add_command(_ft.finetune_command, name="finetune")
-else:
-    @cli.command(context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def finetune(args) -> None:
-        """End-to-end fine-tuning (backbone + head); not available in this checkout yet."""
-        raise click.ClickException("finetune is not available yet: train_head/finetune.py is missing")
+cli.add_command(finetune_command, "finetune")
 
 
 if __name__ == "__main__":

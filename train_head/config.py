@@ -1,34 +1,38 @@
-"""The run configuration of stage two: one typed, frozen record per training run.
+"""The configuration of a stage-two run: one typed, frozen record per run, for both modes.
+
+    BaseConfig      what every run has: unit (cls, protocol, fold), head and tree, protocol, schedule,
+                    seed, device, where it is written; shared validation and type coercion
+    RunConfig       + the cached mode's fields (cache, lr, views, threads)
+    FinetuneConfig  + end-to-end fine-tuning's fields (dataset root, backbone, frames, precision)
 
 A config is resolved in three layers, later ones winning:
 
-    RunConfig defaults  <-  a preset (train_head/presets.py)  <-  command-line overrides
+    the class's defaults  <-  a preset (train_head/presets.py)  <-  command-line overrides (--set KEY=VALUE)
 
-    >>> from train_head.config import resolve_config
     >>> cfg = resolve_config("mtl_aqa_dd", cache="artifacts/features/mtl_aqa.h5", seed=1)
+    >>> ft = resolve_config("mtl_aqa_dd", kind=FinetuneConfig, dataset="mtl_aqa", root="/data/MTL-AQA")
 
-An unknown key at any layer raises `ConfigError` naming the key and listing the valid ones. The
-resolved record is saved beside the results as `config.json` (see `config_record`) together with
-the git commit of the code, a dirty flag and the cache file's attributes.
+An unknown key, an unknown head, a value of the wrong type or a non-finite number at any layer raises
+`ConfigError` naming the key. The record is saved beside the results as `config.json`
+(`RunFolder.config_record`) with the git commit, the torch version and the cache's attributes.
 
 Batch size: the paper trained on 1-2 pairs per step with gradient accumulation over 2 steps, because
-its backbone was fine-tuned end to end. On cached features one step is cheap, so the default here is
-32 pairs per step and no accumulation (`batch_size=32, grad_accum=1`); set `batch_size=2,
-grad_accum=2` to follow the paper's schedule exactly.
-
-theta (the score range that scales the exemplar score in the pair input and caps the last leaf):
-100 for AQA-7 (scores normalised to [0, 100]) and MTL-AQA without DD, 30 for MTL-AQA with DD
+its backbone was fine-tuned end to end. On cached features one step is cheap, so the cached default is
+32 pairs per step and no accumulation (`batch_size=32, grad_accum=1`); fine-tuning keeps the paper's
+2 x 2. theta (the score range that scales the exemplar score in the pair input and caps the last
+leaf): 100 for AQA-7 (scores normalised to [0, 100]) and MTL-AQA without DD, 30 for MTL-AQA with DD
 (completeness = score / difficulty stays below 30), 30 for JIGSAWS (GRS lies in 6..30).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
+import functools
+import math
 import typing
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
+
+from train_head.runfolder import RunFolder
 
 
 class ConfigError(ValueError):
@@ -36,48 +40,28 @@ class ConfigError(ValueError):
 
 
 PROTOCOLS = ("4fold", "loso", "louo")
+# memory a tree may need for its weights, gradients and Adam's two moments (4 float32 copies)
+MAX_TREE_BYTES = 16 * 1024 ** 3
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that decides the numbers of one run (plus where it is written).
+@dataclass(frozen=True, kw_only=True)
+class BaseConfig:
+    """Fields every run has (see the subclasses for the mode's own).
 
-    Fields
-    ------
-    cache         HDF5 feature cache (cache/ layout); required.
-    dataset       dataset name the cache must hold ("aqa7", "mtl_aqa", "jigsaws", "csv", "synthetic");
-                  None = take it from the cache's attributes.
-    cls           class (AQA-7) or task (JIGSAWS) to train on; None = every video (only allowed when
-                  the cache holds one class).
-    protocol      JIGSAWS cross-validation protocol ("4fold", "loso", "louo"); None = use the
-                  cache's train/test split.
-    fold          held-out fold id of `protocol` (test set); required when protocol is set.
-    head          head name from train_head.heads.HEADS ("core", "core_dd", "mlp", "mlp_dd",
-                  "contrastive_mlp").
-    depth, hidden tree depth (2**(depth-1) leaves) and hidden width.
-    theta         score range, see module docstring.
+    cls           class (AQA-7) or task (JIGSAWS); None = every video (one-class datasets only).
+    protocol      JIGSAWS cross-validation protocol ("4fold", "loso", "louo"); None = the split column.
+    fold          held-out fold of `protocol` (the test set).
+    head          a name of train_head.heads.HEADS; depth (2**(depth-1) leaves), hidden, theta as above.
     voters        M exemplars per query at validation/test time (pairwise heads).
-    epochs, lr, weight_decay, optimizer ("adam" only)
-    batch_size    training pairs (or videos for non-pairwise heads) per step.
-    grad_accum    steps whose gradients add up before one optimiser update.
-    val_fraction  share of the training videos held out for model selection, stratified over
-                  `val_bins` score-quantile bins, drawn from `seed`. 0 = no validation (then the
-                  final epoch is also the selected one).
+    epochs, batch_size, grad_accum, weight_decay   the schedule (pairs per step, steps per update).
+    val_fraction  share of the training videos held out for selection (stratified over `val_bins`
+                  score bins); 0 = no validation, the final epoch is then the selected one.
     val_every     validate (and test) every k epochs; the last epoch always is.
-    checkpoint_every  write checkpoint.pt every k epochs (and at the last one); default 10: a checkpoint
-                  of a 2049-input tree is ~40 MB, and writing it every epoch dominated small runs.
-    seed          the single source of randomness of the run.
-    views         training views drawn from: "all" (every train-role view of the cache), a count
-                  "k" (the first k train views) or comma-separated view names.
-    device        "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
-    threads       torch CPU threads for this run (0 = leave torch's setting). Small heads on a busy
-                  machine run several times faster with 1; the thread count can change the last bits
-                  of float sums, so it is part of the config.
-    out           root of the results tree.
-    tag           extra level label for sweeps: the run folder's head level becomes `<head>+<tag>`.
+    checkpoint_every  write checkpoint.pt every k epochs and at the last one.
+    seed          the single source of randomness of the run (train_head.protocol.Streams).
+    device        "auto" (CUDA when present), "cpu", "cuda", "cuda:1".
+    out, tag      results root; the head level of the run folder is `<head>+<tag>` when tag is set.
     """
-
-    cache: str
     dataset: str | None = None
     cls: str | None = None
     protocol: str | None = None
@@ -88,24 +72,56 @@ class RunConfig:
     theta: float = 100.0
     voters: int = 10
     epochs: int = 200
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
     batch_size: int = 32
     grad_accum: int = 1
+    weight_decay: float = 0.0
     val_fraction: float = 0.2
     val_bins: int = 5
     val_every: int = 1
     checkpoint_every: int = 10
     seed: int = 0
-    views: str = "all"
     device: str = "auto"
-    threads: int = 0
     out: str = "artifacts/runs"
     tag: str = ""
 
+    mode: ClassVar[str] = "cached"
+    # fields that change speed, not numbers: a resume may differ in them
+    speed_only: ClassVar[tuple[str, ...]] = ()
+    _positive: ClassVar[tuple[str, ...]] = ("depth", "hidden", "voters", "epochs", "batch_size", "grad_accum",
+                                            "val_every", "checkpoint_every", "val_bins")
+
     def __post_init__(self) -> None:
-        _validate(self)
+        for f in dataclasses.fields(self):          # coercion once, for every constructor path
+            object.__setattr__(self, f.name, _coerce(type(self), f.name, getattr(self, f.name)))
+        self.validate()
+
+    def validate(self) -> None:
+        from train_head.heads import HEADS
+
+        for name in self._positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ConfigError(f"`seed` must be >= 0, got {self.seed}")
+        if self.depth < 2:
+            raise ConfigError(f"`depth` must be >= 2 (2**(depth-1) leaves), got {self.depth}")
+        H, inner = self.hidden, 2 ** (self.depth - 1) - 1      # inner nodes split H -> 2H
+        need = 16 * (inner * (2 * H * H + 4 * H) + (inner + 1) * (H + 1))
+        if need > MAX_TREE_BYTES:
+            raise ConfigError(f"`depth`={self.depth} with hidden={H}: the tree's weights, gradients and Adam "
+                              f"state would need about {need / 1024 ** 3:,.0f} GiB; lower depth or hidden")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; heads: {', '.join(sorted(HEADS))}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"`val_fraction` must be in [0, 1), got {self.val_fraction}")
+        if self.theta <= 0 or self.weight_decay < 0:
+            raise ConfigError(f"`theta` must be > 0 and `weight_decay` >= 0, got {self.theta}, {self.weight_decay}")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise ConfigError(f"`protocol` must be one of {PROTOCOLS} or None, got {self.protocol!r}")
+        if self.fold is not None and self.protocol is None:
+            raise ConfigError("`fold` is set but `protocol` is not; set protocol=4fold|loso|louo")
+        if any("/" in v or v in (".", "..") for v in (self.cls or "", self.tag, self.head, self.dataset or "")):
+            raise ConfigError("`dataset`, `cls`, `head` and `tag` become folder names and must not contain '/'")
 
     # ---- where the run lives -------------------------------------------------------------
     @property
@@ -113,71 +129,141 @@ class RunConfig:
         """The `<cls-or-fold>` level of the run folder: the class, `all` when none, and for a
         cross-validation protocol `<cls>-<protocol>-<fold>` (e.g. `Suturing-4fold-0`)."""
         base = self.cls if self.cls else "all"
-        if self.protocol:
-            return f"{base}-{self.protocol}-{self.fold}"
-        return base
+        return f"{base}-{self.protocol}-{self.fold}" if self.protocol else base
 
-    def run_dir(self, dataset: str | None = None) -> Path:
-        """`<out>/<dataset>/<cls-or-fold>/<head>[+<tag>]/seed<k>/`."""
+    def run_dir(self, dataset: str | None = None):
         ds = dataset or self.dataset
         if not ds:
             raise ConfigError("run_dir needs the dataset name (set `dataset` or read it from the cache)")
-        head = self.head + (f"+{self.tag}" if self.tag else "")
-        return Path(self.out) / ds / self.unit / head / f"seed{self.seed}"
+        return RunFolder.layout(self.out, ds, self.unit, self.head, self.tag, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
-    def replace(self, **changes: Any) -> "RunConfig":
-        return _build(self.to_dict(), changes, layer="replace")
+    def replace(self, **changes: Any):
+        return _build(type(self), self.to_dict(), changes, layer="replace")
 
-
-FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
-_HINTS = typing.get_type_hints(RunConfig)
-
-
-def _validate(cfg: RunConfig) -> None:
-    if not cfg.cache:
-        raise ConfigError("`cache` is required: the HDF5 feature file written by `python -m extract features`")
-    if cfg.threads < 0:
-        raise ConfigError(f"`threads` must be >= 0 (0 = torch default), got {cfg.threads}")
-    for name in ("depth", "hidden", "voters", "epochs", "batch_size", "grad_accum", "val_every",
-                 "checkpoint_every", "val_bins"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"`{name}` must be >= 1, got {getattr(cfg, name)}")
-    if cfg.depth < 2:
-        raise ConfigError(f"`depth` must be >= 2 (2**(depth-1) leaves), got {cfg.depth}")
-    if not 0.0 <= cfg.val_fraction < 1.0:
-        raise ConfigError(f"`val_fraction` must be in [0, 1), got {cfg.val_fraction}")
-    if cfg.theta <= 0:
-        raise ConfigError(f"`theta` must be > 0, got {cfg.theta}")
-    if cfg.lr <= 0 or cfg.weight_decay < 0:
-        raise ConfigError(f"`lr` must be > 0 and `weight_decay` >= 0, got {cfg.lr}, {cfg.weight_decay}")
-    if cfg.optimizer.lower() != "adam":
-        raise ConfigError(f"`optimizer` {cfg.optimizer!r} is not supported; use 'adam'")
-    if cfg.protocol is not None and cfg.protocol not in PROTOCOLS:
-        raise ConfigError(f"`protocol` must be one of {PROTOCOLS} or None, got {cfg.protocol!r}")
-    if cfg.fold is not None and cfg.protocol is None:
-        raise ConfigError("`fold` is set but `protocol` is not; set protocol=4fold|loso|louo")
-    if "/" in (cfg.cls or "") or "/" in cfg.tag or "/" in cfg.head:
-        raise ConfigError("`cls`, `head` and `tag` become folder names and must not contain '/'")
-    if cfg.views != "all" and not cfg.views.strip():
-        raise ConfigError("`views` must be 'all', a count or comma-separated view names")
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Turn a value (possibly a CLI string) into the declared type of field `name`."""
-    hint = _HINTS[name]
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(BaseConfig):
+    """A run on cached features. cache: the HDF5 feature file (required). lr, optimizer ("adam" only).
+    views: training views drawn from: "all" (every train-role view), a count "k" or comma-separated
+    names. threads: torch CPU threads for the run (0 = leave torch's); the thread count can change the
+    last bits of float sums, so it is part of the config."""
+    cache: str = ""
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    views: str = "all"
+    threads: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.cache:
+            raise ConfigError("`cache` is required: pass --cache FILE (an HDF5 file from `python -m extract features`)")
+        if self.threads < 0:
+            raise ConfigError(f"`threads` must be >= 0 (0 = torch default), got {self.threads}")
+        if self.lr <= 0:
+            raise ConfigError(f"`lr` must be > 0, got {self.lr}")
+        if self.optimizer.lower() != "adam":
+            raise ConfigError(f"`optimizer` {self.optimizer!r} is not supported; use 'adam'")
+        if self.views != "all" and not self.views.strip():
+            raise ConfigError("`views` must be 'all', a count or comma-separated view names")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(BaseConfig):
+    """End-to-end fine-tuning (docs/FINETUNE.md). dataset + root: the registry name and its folder (a
+    CSV file for `csv`). lr_backbone / lr_head: Adam's two groups (paper 1e-4 / 1e-3). train_bn_bias:
+    the batch-norm shift trains (statistics never do). train_from: first I3D endpoint that trains (None
+    = all). weights: kinetics400 | random | path. norm, resize_hw, crop, resize_mode: the frame pipeline.
+    n_clips x clip_len: clips per video. max_shift: MTL-AQA end-frame shift range. precision: auto (bf16
+    on CUDA) | bf16 | fp32. channels_last: auto | on | off. checkpoint_activations, workers (None = 4
+    on CUDA, 0 on CPU), eval_batch: speed and memory only."""
+    batch_size: int = 2
+    grad_accum: int = 2
+    tag: str = "finetune"
+    root: str = ""
+    lr_backbone: float = 1e-4
+    lr_head: float = 1e-3
+    train_bn_bias: bool = True
+    train_from: str | None = None
+    weights: str = "kinetics400"
+    norm: str = "imagenet"
+    resize_hw: tuple[int, int] = (455, 256)
+    crop: int = 224
+    resize_mode: str = "nearest"
+    n_clips: int = 10
+    clip_len: int = 16
+    max_shift: int = 3
+    precision: str = "auto"
+    channels_last: str = "auto"
+    checkpoint_activations: bool = False
+    workers: int | None = None
+    eval_batch: int = 4
+
+    mode: ClassVar[str] = "finetune"
+    speed_only: ClassVar[tuple[str, ...]] = ("workers", "eval_batch", "checkpoint_activations",
+                                             "checkpoint_every")
+    _positive = BaseConfig._positive + ("n_clips", "clip_len", "eval_batch", "crop")
+
+    def validate(self) -> None:
+        from extract.i3d import ENDPOINTS
+
+        super().validate()
+        if self.precision == "off":                     # the old --amp off
+            object.__setattr__(self, "precision", "fp32")
+        if not self.dataset or not self.root:
+            raise ConfigError("fine-tuning needs `dataset` and `root` (the dataset's folder or CSV file)")
+        if self.lr_backbone < 0 or self.lr_head <= 0:
+            raise ConfigError("`lr_backbone` must be >= 0 and `lr_head` > 0")
+        if self.precision not in ("auto", "bf16", "fp32") or self.channels_last not in ("auto", "on", "off"):
+            raise ConfigError("`precision` must be auto|bf16|fp32 and `channels_last` auto|on|off")
+        if self.train_from is not None and self.train_from not in ENDPOINTS:
+            raise ConfigError(f"`train_from` {self.train_from!r} is not an I3D endpoint; one of {ENDPOINTS}")
+        if self.max_shift < 0 or (self.workers is not None and self.workers < 0):
+            raise ConfigError("`max_shift` and `workers` must be >= 0")
+        try:
+            self.frame_config()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def frame_config(self):
+        from data.transforms import FrameConfig
+
+        return FrameConfig(resize_hw=self.resize_hw, crop=self.crop, norm=self.norm, interp=self.resize_mode)
+
+
+# ------------------------------------------------------------------------------ coercion, layers
+_ALIASES = {"amp": "precision", "interp": "resize_mode", "frame_size": "resize_hw"}
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(kind: type) -> dict[str, Any]:
+    return typing.get_type_hints(kind)
+
+
+def _coerce(kind: type, name: str, value: Any) -> Any:
+    """Turn a value (possibly a CLI string) into the declared type of field `name` of `kind`."""
+    hint = _hints(kind)[name]
     args = typing.get_args(hint)
     optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if value is None:
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if value is None or (isinstance(value, str) and optional and value.strip().lower() in ("none", "null", "")):
         if optional:
             return None
         raise ConfigError(f"`{name}` may not be None")
-    if isinstance(value, str) and optional and value.strip().lower() in ("none", "null", ""):
-        return None
     try:
+        if base is bool:
+            if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            if isinstance(value, (bool, int)) and value in (0, 1):
+                return bool(value)
+            raise ValueError
         if base is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
@@ -185,111 +271,71 @@ def _coerce(name: str, value: Any) -> Any:
         if base is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            x = float(value)
+            if not math.isfinite(x):
+                raise ConfigError(f"`{name}` must be a finite number, got {value!r}")
+            return x
         if base is str:
-            if isinstance(value, (list, tuple)):
-                return ",".join(str(v) for v in value)
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"`{name}` expects {base.__name__}, got {value!r}") from None
+            return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        if typing.get_origin(base) is tuple:
+            parts = value.lower().replace("x", ",").split(",") if isinstance(value, str) else list(value)
+            out = tuple(int(p) for p in parts)
+            if len(out) != 2 or min(out) < 1:
+                raise ValueError
+            return out
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"`{name}` expects {getattr(base, '__name__', base)}, got {value!r}") from None
     return value
 
 
-def _build(base: Mapping[str, Any], changes: Mapping[str, Any], layer: str) -> RunConfig:
-    unknown = sorted(set(changes) - set(FIELDS))
+def _build(kind: type, base: Mapping[str, Any], changes: Mapping[str, Any], layer: str):
+    fields = kind.fields()
+    changes = {_ALIASES.get(k, k): v for k, v in changes.items()}
+    unknown = sorted(set(changes) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"unknown config key(s) {unknown} in {layer}; valid keys: {', '.join(FIELDS)}")
-    merged = dict(base)
-    merged.update({k: _coerce(k, v) for k, v in changes.items()})
-    if "cache" not in merged or merged["cache"] in (None, ""):
-        raise ConfigError("`cache` is required: pass --cache FILE (an HDF5 file from `python -m extract features`)")
-    return RunConfig(**merged)
+        raise ConfigError(f"unknown config key(s) {unknown} in {layer}; valid keys: {', '.join(fields)}")
+    return kind(**{**{k: v for k, v in base.items() if k in fields}, **changes})
 
 
-def resolve_config(preset_name: str | None = None, /, **overrides: Any) -> RunConfig:
-    """defaults <- preset `preset_name` (None = no preset) <- `overrides` (CLI values, strings ok).
+def resolve_config(preset_name: str | None = None, /, *, kind: type = None, **overrides: Any):
+    """defaults of `kind` (RunConfig) <- preset `preset_name` (None = no preset) <- `overrides`.
 
     Overrides whose value is None are ignored (click passes None for options not given); to clear an
-    optional field pass the string "none".
-    """
+    optional field pass the string "none". A preset key that `kind` does not have is left out for
+    FinetuneConfig (presets are written for the cached mode) and is an error for RunConfig."""
     from train_head.presets import get_preset
 
-    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)
-                if f.default is not dataclasses.MISSING}
+    kind = kind or RunConfig
     preset = get_preset(preset_name) if preset_name else {}
-    unknown = sorted(set(preset) - set(FIELDS))
-    if unknown:  # a broken preset is a bug, but say which key
+    unknown = sorted(set(preset) - set(kind.fields()))
+    if unknown and kind is RunConfig:       # a broken preset is a bug, but say which key
         raise ConfigError(f"preset {preset_name!r} has unknown key(s) {unknown}")
-    merged = dict(defaults)
-    merged.update({k: _coerce(k, v) for k, v in preset.items()})
-    return _build(merged, {k: v for k, v in overrides.items() if v is not None}, layer="overrides")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return _build(kind, {k: v for k, v in preset.items() if k not in unknown}, given, layer="overrides")
 
 
-def parse_set_options(items: typing.Iterable[str]) -> dict[str, str]:
-    """`["depth=3", "lr=1e-4"]` -> {"depth": "3", "lr": "1e-4"} (values coerced later)."""
+def parse_set_options(items: Iterable[str], kind: type = None) -> dict[str, str]:
+    """`["depth=3", "lr=1e-4"]` -> {"depth": "3", "lr": "1e-4"} (values coerced when the config is built)."""
+    fields = (kind or RunConfig).fields()
     out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        if key not in FIELDS:
-            raise ConfigError(f"--set: unknown config key {key!r}; valid keys: {', '.join(FIELDS)}")
+        key = _ALIASES.get(key, key)
+        if key not in fields:
+            raise ConfigError(f"--set: unknown config key {key!r}; valid keys: {', '.join(fields)}")
         out[key] = value.strip()
     return out
 
 
-def config_from_dict(d: Mapping[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from a saved config.json (extra provenance keys are ignored)."""
-    return RunConfig(**{k: _coerce(k, d[k]) for k in FIELDS if k in d})
+def config_from_dict(d: Mapping[str, Any]):
+    """Rebuild a config from a saved config.json (provenance keys are ignored; `mode` picks the class)."""
+    kind = FinetuneConfig if d.get("mode") == "finetune" else RunConfig
+    return kind(**{k: d[k] for k in kind.fields() if k in d})
 
 
-# ---- provenance --------------------------------------------------------------------------------
-_REPO = Path(__file__).resolve().parents[1]
-
-
-def git_state(repo: Path = _REPO) -> tuple[str, bool | None]:
-    """(commit, dirty) of the code; ("unknown", None) outside a git checkout."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, timeout=20, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True, timeout=20, check=True).stdout
-        return commit, bool(status.strip())
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", None
-
-
-def jsonable(value: Any) -> Any:
-    """h5py/numpy attribute values -> plain JSON types (JSON strings stay strings)."""
-    import numpy as np
-
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray):
-        return [jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
-
-
-def config_record(cfg: RunConfig, cache_attrs: Mapping[str, Any], dataset: str) -> dict[str, Any]:
-    """What config.json holds: the RunConfig fields (flat, `dataset` filled in from the cache when it
-    was None) + git_commit, git_dirty, cache_attrs, torch_version."""
-    import torch
-
-    commit, dirty = git_state()
-    rec = cfg.to_dict()
-    rec["dataset"] = dataset
-    rec.update({"git_commit": commit, "git_dirty": dirty, "torch_version": torch.__version__,
-                "cache_attrs": jsonable(dict(cache_attrs))})
-    return rec
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n"
+FIELDS = RunConfig.fields()

@@ -128,14 +128,13 @@ def plan_runs(preset: str | None, overrides: Mapping[str, Any], grid: Mapping[st
 
 def _train_and_summarise(cfg: RunConfig, force: bool, progress: bool) -> dict[str, Any]:
     """Train one config (or skip it when complete) and return its result row."""
-    import json
-
-    from train_head.trainer import is_complete, load_cache_data, train
+    from train_head.runfolder import RunFolder
+    from train_head.trainer import load_cache_data, train
 
     dataset = cfg.dataset or str(load_cache_data(cfg.cache, cfg.dataset).attrs.get("dataset"))
-    was_complete = is_complete(cfg.run_dir(dataset)) and not force
+    was_complete = RunFolder(cfg.run_dir(dataset)).complete and not force
     run_dir = train(cfg, force=force, progress=progress)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = RunFolder(run_dir).read_json("summary.json")
     return {"run_dir": str(run_dir), "status": "skipped" if was_complete else "done",
             "selected_rho": summary["selected"]["rho"], "final_rho": summary["final"]["rho"],
             "selected_epoch": summary["selected_epoch"], "error": ""}
