@@ -100,6 +100,8 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _check_exists(p: Path) -> None:
+    if p.is_dir():
+        raise CacheError(f"{p} is a folder, not a feature cache file: give the path of the .h5 file")
     if p.exists():
         return
     msg = f"Feature cache {p} does not exist. " + _REMEDY.format(path=p)
