@@ -11,14 +11,17 @@ holder's pid and host (written into the lock file). The kernel drops the lock wh
 on kill -9, so a crash never leaves a stale lock; the lock file itself is removed on a clean release.
 Within one process, taking the same lock twice also raises (flock locks belong to open files).
 
-Errors creating the lock file (a read-only or missing folder) are raised as the OSError they are;
-callers turn them into their own message.
+Errors creating the lock file (a read-only folder, a full disk) are raised as the OSError they are;
+callers turn them into their own message. On a filesystem without flock support (some network mounts) the
+block runs unlocked after a warning.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno as _errno
 import fcntl
+import logging
 import os
 import socket
 import time
@@ -26,6 +29,9 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["LockedError", "exclusive_lock", "lock_path", "lock_holder"]
+
+log = logging.getLogger(__name__)
+_NO_FLOCK = {_errno.ENOLCK, _errno.EOPNOTSUPP, getattr(_errno, "ENOTSUP", _errno.EOPNOTSUPP)}
 
 
 class LockedError(RuntimeError):
@@ -101,6 +107,15 @@ def exclusive_lock(path: str | os.PathLike, what: str = "a writer") -> Iterator[
             doing = f" ({info['what']}, since {info['since']})" if info["what"] else ""
             raise LockedError(f"{p} is in use by another process: {who}{doing}; wait for it to finish "
                               f"(or stop it) before starting {what} on it", p, lock, info["pid"]) from None
+        except OSError as e:
+            if e.errno not in _NO_FLOCK:
+                os.close(fd)
+                raise
+            os.close(fd)            # a filesystem without flock (some network mounts): say so, go on
+            log.warning("%s: this filesystem does not support locks (%s); nothing stops a second %s on %s "
+                        "meanwhile", lock, e.strerror, what, p)
+            yield lock
+            return
         except BaseException:
             os.close(fd)
             raise

@@ -360,6 +360,23 @@ def test_lock_api(tmp_path):
         pass
 
 
+def test_lock_on_a_filesystem_without_flock_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+    import data.locks as locks
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(locks.fcntl, "flock", no_flock)
+    ran = []
+    with exclusive_lock(tmp_path / "f.h5", "feature extraction"):
+        ran.append(1)
+    assert ran and any("does not support locks" in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OSError):                 # a lock file that cannot be created is the OSError it is
+        with exclusive_lock(tmp_path / "a_file" / "f.h5"):
+            pass
+
+
 def test_second_extraction_on_the_same_file_fails_at_once_naming_the_holder(syn, tmp_path):
     out = tmp_path / "f.h5"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom data.locks import exclusive_lock\n"
