@@ -87,7 +87,7 @@ def _backbone(source: str, device: str):
 
 
 def _device(name: str):
-    from extract.pipeline import resolve_device
+    from extract.devices import resolve_device
     try:
         return resolve_device(name)
     except ValueError as e:
