@@ -84,7 +84,7 @@ def check_attrs(path: str | os.PathLike, attrs: Mapping[str, Any], expect: Mappi
         raise CacheMismatch(mismatch_message(
             f"Feature cache {path}", diffs,
             "It was made with other settings: re-extract with the settings you want "
-            "(python -m extract features ... --overwrite) or point to the matching cache."),
+            "(python -m extract features ... --force) or point to the matching cache."),
             attribute=diffs[0][0])
 
 

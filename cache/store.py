@@ -506,7 +506,7 @@ def scan_parts(out_path: str | os.PathLike, identity: Mapping[str, Any] | None =
             if diffs:
                 raise CacheMismatch(mismatch_message(
                     f"Part file {p} (from an earlier, interrupted run)", diffs,
-                    f"Re-run with the earlier settings to resume it, or pass --overwrite to discard "
+                    f"Re-run with the earlier settings to resume it, or pass --force to discard "
                     f"{d} and start again."), attribute=diffs[0][0])
         st.n_parts += 1
         st.done.update(int(i) for i in idx)
@@ -671,7 +671,7 @@ def _mib(n: float) -> str:
 
 
 def clear_outputs(out_path: str | os.PathLike) -> None:
-    """--overwrite: remove the final file, its parts and temp leftovers (never a folder named as ``out``)."""
+    """--force: remove the final file, its parts and temp leftovers (never a folder named as ``out``)."""
     out = Path(out_path)
     check_not_folder(out)
     with contextlib.suppress(FileNotFoundError):
@@ -684,7 +684,7 @@ def final_status(out_path: str | os.PathLike, identity: Mapping[str, Any]) -> st
     """``"absent"`` | ``"complete"`` (a complete final file with matching identity attributes).
 
     Raises CacheMismatch when the final file exists with other settings, CacheError when it cannot be
-    read; both messages say to pass --overwrite.
+    read; both messages say to pass --force.
     """
     out = Path(out_path)
     check_not_folder(out)
@@ -694,12 +694,12 @@ def final_status(out_path: str | os.PathLike, identity: Mapping[str, Any]) -> st
         with h5py.File(out, "r") as h5:
             attrs = decode_attrs(h5.attrs)
     except OSError as e:
-        raise CacheError(f"{out} exists but cannot be read as HDF5 ({e}). Delete it or pass --overwrite.") from e
+        raise CacheError(f"{out} exists but cannot be read as HDF5 ({e}). Delete it or pass --force.") from e
     diffs = attr_differences(attrs, {k: v for k, v in identity.items() if k in IDENTITY_ATTRS})
     if diffs:
         raise CacheMismatch(mismatch_message(
             f"The existing cache {out}", diffs,
-            "Choose another --out, or pass --overwrite to replace it."), attribute=diffs[0][0])
+            "Choose another --out, or pass --force to replace it."), attribute=diffs[0][0])
     return "complete"
 
 

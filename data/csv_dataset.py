@@ -88,10 +88,12 @@ def read_table(path: Path, columns: tuple[str, ...], required: tuple[str, ...]) 
 
 
 def parse_split(value: str, where: str) -> str:
-    """"train"/"test" in any case -> lower case; anything else is a DataError naming `where`."""
-    v = value.strip().lower()
+    """Exactly "train" or "test" (surrounding spaces ignored); anything else, "Test" included, is a DataError
+    naming `where`: a split value is not guessed, since a wrong guess trains on the user's test videos."""
+    v = value.strip()
     if v not in SPLIT_VALUES:
-        raise DataError(f"{where}: split {value!r} must be train or test")
+        hint = f" (write {v.lower()!r})" if v.lower() in SPLIT_VALUES else ""
+        raise DataError(f"{where}: split {value!r} must be 'train' or 'test'{hint}")
     return v
 
 

@@ -71,7 +71,7 @@ def test_parts_from_other_settings_are_refused_naming_attribute(tmp_path):
     w.add(rec(0, np.random.default_rng(2)))
     with pytest.raises(CacheMismatch, match="weights_sha256") as e:
         scan_parts(out, {**ATTRS, "weights_sha256": "f00d"})
-    assert e.value.attribute == "weights_sha256" and "--overwrite" in str(e.value)
+    assert e.value.attribute == "weights_sha256" and "--force" in str(e.value)
     # provenance-only attributes do not block a resume
     assert scan_parts(out, {**ATTRS, "weights_source": "/other/path.pt", "code_version": "x"}).done == {0}
 

@@ -125,7 +125,7 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(root, tmp_path):
     extract_dataset(ds, out, max_videos=2, **kw)
     with pytest.raises(CacheMismatch, match="frame_config") as e:
         extract_dataset(ds, out, max_videos=2, **{**kw, "frame_cfg": FrameConfig((40, 40), 32)})
-    assert "--overwrite" in str(e.value)
+    assert "--force" in str(e.value)
     with pytest.raises(CacheMismatch, match="n_videos"):
         extract_dataset(ds, out, max_videos=3, **kw)
     extract_dataset(ds, out, max_videos=3, overwrite=True, **kw)

@@ -94,4 +94,4 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     assert r.returncode == 0 and "already complete" in r.stdout, r.stdout + r.stderr[-2000:]
     r = subprocess.run(_cmd(root, out)[:-2] + ["--out", str(out), "--norm", "minus1to1"],
                        capture_output=True, text=True, env=_env(), timeout=600)
-    assert r.returncode != 0 and "normalization" in r.stderr and "--overwrite" in r.stderr
+    assert r.returncode != 0 and "normalization" in r.stderr and "--force" in r.stderr

@@ -166,7 +166,7 @@ def test_shared_sample_check_names_file_and_video(tmp_path, kw, words):
 
 # ---------------------------------------------------------------------------------- 2. columns/splits
 def test_csv_columns_in_any_case_are_used(tmp_path):
-    p = write_csv(tmp_path / "s.csv", "Video,SCORE,Difficulty,Split,Class\na.mp4,5,2,Train,x\nb.mp4,6,,TEST,y\n"
+    p = write_csv(tmp_path / "s.csv", "Video,SCORE,Difficulty,Split,Class\na.mp4,5,2,train,x\nb.mp4,6,,test,y\n"
                                       "c.mp4,7,1.5,test,x\n")
     code, out = csv_info(p)
     assert code == 0, out
@@ -205,7 +205,7 @@ def test_csv_column_twice_and_unrelated_columns(tmp_path):
 def test_csv_unknown_split_value_names_the_row(tmp_path, value):
     p = write_csv(tmp_path / "s.csv", f"video,score,split\na.mp4,1,train\nb.mp4,2,{value}\n")
     code, out = csv_info(p)
-    assert code == 1 and f"{p} line 3" in out and "train or test" in out
+    assert code == 1 and f"{p} line 3" in out and "must be 'train' or 'test'" in out
 
 
 def test_saved_split_file_is_checked_like_the_csv(tmp_path):
@@ -220,10 +220,17 @@ def test_saved_split_file_is_checked_like_the_csv(tmp_path):
     saved.write_text(text.replace("split", "fold"))
     code, out = csv_info(p)
     assert code == 1 and str(saved) in out and "missing column 'split'" in out
-    saved.write_text(text.upper().replace("V", "v").replace("MP4", "mp4"))      # TRAIN/TEST, VIDEO,SPLIT
+    saved.write_text(text.replace("video,split", "VIDEO,Split"))      # column names in any case
     code, out = csv_info(p)
     assert code == 0, out
     assert {s.split for s in get_dataset("csv", p).samples()} == {"train", "test"}
+
+
+def test_split_values_are_not_guessed(tmp_path):
+    """'Test' is refused with the row named (a wrong guess would train on the user's test videos)."""
+    p = write_csv(tmp_path / "s.csv", "video,score,split\na.mp4,5,train\nb.mp4,6,Test\n")
+    code, out = csv_info(p)
+    assert code == 1 and "'Test'" in out and "line 3" in out and "write 'test'" in out
 
 
 def test_data_info_subprocess_has_one_line_and_no_traceback(tmp_path):

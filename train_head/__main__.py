@@ -58,9 +58,15 @@ def _report(results) -> None:
     for r in results:
         click.echo(f"{r['status']:8s} {str(r['selected_epoch'] or ''):>6s} {f(r['selected_rho']):>8s} "
                    f"{f(r['final_rho']):>9s}  {r['run_dir']}")
+    for r in results:
+        for w in r.get("warnings") or ():
+            click.echo(f"WARNING {r['run_dir']}: {w} (final-epoch rho: {f(r['final_rho'])})", err=True)
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed:
         click.echo(f"\nFAILED {r['run_dir']}:\n{r['error']}", err=True)
+    for r in results:
+        if r["status"] == "skipped" and r.get("error"):
+            click.echo(f"SKIPPED {r['run_dir']}: {r['error']}", err=True)
     click.echo("rho_sel: test rho of the epoch chosen on validation; rho_final: last epoch.")
     if failed:
         sys.exit(1)
@@ -147,7 +153,11 @@ def train(cache, preset, dataset, head, cls, protocol, fold, epochs, batch_size,
     with _planning():
         ov = _overrides(cache, dataset, head, cls, protocol, fold, epochs, batch_size, voters, depth, out,
                         device, sets)
-        grid = {"seed": [s.strip() for s in seeds.split(",") if s.strip()]} if seeds else None
+        grid = None
+        if seeds is not None:
+            grid = {"seed": [s.strip() for s in seeds.split(",") if s.strip()]}
+            if not grid["seed"]:
+                raise ConfigError(f"--seeds {seeds!r} names no seed; give comma-separated seeds, e.g. 0,1,2")
         cfgs = plan_runs(_preset_for(preset, dataset, ov.get("head"), cache), ov, grid)
     _run_and_report(cfgs, jobs=jobs, scheduler=scheduler, force=force)
 

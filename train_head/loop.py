@@ -31,7 +31,7 @@ import torch
 from train_head.heads import HEADS
 from train_head.pairs import train_pairs
 from train_head.protocol import (NAN_METRICS, Streams, TrainError, Unit, make_unit, pool_groups, run_targets,
-                                 summary_record, update_best)
+                                 small_validation, summary_record, update_best)
 from train_head.runfolder import RunFolder, RunFolderError, config_diff
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,8 @@ def prepare(cfg, labels, dataset: str, folder: RunFolder, *, is_main: bool = Tru
         groups, n_clamped, n_pairs = pool_groups(head_cls, targets, unit, d_tr, cfg.depth, cfg.theta)
     except TrainError as exc:
         raise TrainError(f"{folder.path}: {exc}") from None
+    if small_validation(len(unit.val)):
+        log.warning("%s: %s", folder.path, small_validation(len(unit.val)))
     if n_clamped:
         log.warning("%s: %d of %d training pair deltas exceed theta=%g and are clamped into the outer "
                     "leaves", folder.path, n_clamped, n_pairs, cfg.theta)

@@ -30,6 +30,10 @@ class TrainError(ValueError):
     """A run cannot start with this cache/config; the message says what to change."""
 
 
+class UnitTooSmall(TrainError):
+    """The run's class/fold has too few training or no test videos (a sweep reports and skips it)."""
+
+
 # ------------------------------------------------------------------------------------ RNG streams
 @dataclass
 class Streams:
@@ -92,16 +96,16 @@ def select_unit(labels, cfg) -> tuple[np.ndarray, np.ndarray]:
         test = keep & (fold_of == str(cfg.fold))
         train = keep & ~test
         if not test.any():
-            raise TrainError(f"{src}: fold {cfg.fold!r} of protocol {cfg.protocol!r} has no video; folds: "
+            raise UnitTooSmall(f"{src}: fold {cfg.fold!r} of protocol {cfg.protocol!r} has no video; folds: "
                              f"{sorted(set(fold_of[keep].tolist()))}")
     else:
         train = keep & (labels.split == "train")
         test = keep & (labels.split == "test")
         if not test.any():
-            raise TrainError(f"{src}: no test video for class {cfg.cls or classes[0]!r} (split column); "
+            raise UnitTooSmall(f"{src}: no test video for class {cfg.cls or classes[0]!r} (split column); "
                              "for a cross-validation dataset pass --protocol and --fold")
     if train.sum() < 3:
-        raise TrainError(f"{src}: only {int(train.sum())} training videos for {cfg.unit!r}; need >= 3")
+        raise UnitTooSmall(f"{src}: only {int(train.sum())} training videos for {cfg.unit!r}; need >= 3")
     return np.flatnonzero(train), np.flatnonzero(test)
 
 
@@ -179,6 +183,16 @@ def pool_groups(head_cls, targets: np.ndarray, unit: Unit, d_tr: np.ndarray | No
 NAN_METRICS = {"rho": math.nan, "l2": math.nan, "rl2": math.nan}
 SELECTION_RULE = "best validation rho, ties -> earliest epoch; test never used"
 NO_VAL_RULE = "no validation split (val_fraction=0): the final epoch"
+# below this many validation videos a selected epoch is mostly noise (Spearman rho of a handful of points)
+MIN_VAL_VIDEOS = 10
+
+
+def small_validation(n_val: int) -> str | None:
+    """The warning for a validation split too small to select an epoch, or None."""
+    if 0 < n_val < MIN_VAL_VIDEOS:
+        return (f"the validation split has only {n_val} videos (< {MIN_VAL_VIDEOS}): the selected epoch is close to "
+                "a guess; compare the final-epoch result, or use more training videos / a larger val_fraction")
+    return None
 
 
 def update_best(best: Mapping[str, Any], epoch: int, rho: float, *, always: bool = False) -> dict | None:
@@ -224,6 +238,7 @@ def summary_record(cfg, labels, unit: Unit, dataset: str, rows: Sequence[dict], 
         "selection": SELECTION_RULE if len(unit.val) else NO_VAL_RULE,
         "n_train": int(len(unit.train)), "n_val": int(len(unit.val)), "n_test": int(len(unit.test)),
         "n_dropped_pairs": int(n_dropped_pairs), "n_clamped": n_clamped, "voters": voters,
+        "warnings": [w for w in (small_validation(len(unit.val)),) if w],
     })
     summary.update(extra or {})
     summary["complete"] = True

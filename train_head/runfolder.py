@@ -108,15 +108,19 @@ class RunFolder:
                 p.unlink(missing_ok=True)
 
     def create(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
 
     def lock(self):
         """One training process per run folder: an advisory lock on `<folder>.lock` beside it (released
         when the process ends, even when killed); a second trainer fails at once naming the holder's pid."""
         from data.locks import exclusive_lock
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return exclusive_lock(self.path, "training")
+        make_folder(self.path.parent)
+        try:
+            return exclusive_lock(self.path, "training")
+        except OSError as exc:
+            raise RunFolderError(f"cannot create the lock file beside {self.path} ({exc.strerror or exc}); "
+                                 "choose a writable --out") from None
 
     # ---- JSON files --------------------------------------------------------------------------
     def read_json(self, name: str, *, required: bool = True) -> dict | None:
@@ -277,6 +281,18 @@ class RunFolder:
             dirnames.sort()
             if "summary.json" in filenames or any(m in filenames for m in STARTED_MARKERS):
                 yield cls(dirpath)
+
+
+def make_folder(path: Path) -> None:
+    """mkdir -p with one clear message when a file is in the way or the place is not writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RunFolderError(f"cannot create the run folder {path}: a file of that name (or above it) is in "
+                             "the way; choose another --out") from None
+    except OSError as exc:
+        raise RunFolderError(f"cannot create the run folder {path} ({exc.strerror or exc}); choose a "
+                             "writable --out") from None
 
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], keys: Iterable[str]) -> list[str]:

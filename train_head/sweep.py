@@ -137,19 +137,32 @@ def _train_and_summarise(cfg: RunConfig, force: bool, progress: bool) -> dict[st
     summary = RunFolder(run_dir).read_json("summary.json")
     return {"run_dir": str(run_dir), "status": "skipped" if was_complete else "done",
             "selected_rho": summary["selected"]["rho"], "final_rho": summary["final"]["rho"],
-            "selected_epoch": summary["selected_epoch"], "error": ""}
+            "selected_epoch": summary["selected_epoch"], "error": "",
+            "warnings": summary.get("warnings", [])}
 
 
-def _run_one(cfg_dict: dict[str, Any], force: bool) -> dict[str, Any]:
+def _run_one(cfg_dict: dict[str, Any], force: bool, pooled: bool = False) -> dict[str, Any]:
     """Worker entry point (module level so process pools can pickle it by name)."""
+    from data.locks import LockedError
+    from train_head.protocol import UnitTooSmall
+    from train_head.workers import exit_with_parent
+
+    if pooled:
+        exit_with_parent()      # a killed command takes its pool workers with it
     cfg = config_from_dict(cfg_dict)
+    row = {"run_dir": str(cfg.run_dir(cfg.dataset or "?")), "selected_rho": None, "final_rho": None,
+           "selected_epoch": None}
     try:
         return _train_and_summarise(cfg, force, progress=False)
+    except UnitTooSmall as exc:  # e.g. a class with a single video under --class all: reported, skipped
+        log.warning("run %s skipped: %s", row["run_dir"], exc)
+        return {**row, "status": "skipped", "error": str(exc)}
+    except (ValueError, OSError, LockedError) as exc:  # an error of the data or options: its message says it all
+        log.error("run %s failed: %s", row["run_dir"], exc)
+        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:  # one failing run must not stop a sweep; it is reported below
-        log.error("run %s failed: %s", cfg.run_dir(cfg.dataset or "?"), exc)
-        return {"run_dir": str(cfg.run_dir(cfg.dataset or "?")), "status": "failed", "selected_rho": None,
-                "final_rho": None, "selected_epoch": None,
-                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
+        log.error("run %s failed: %s", row["run_dir"], exc)
+        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
 
 
 def run_many(cfgs: Sequence[RunConfig], *, jobs: int = 1, scheduler: str | None = None,
@@ -164,7 +177,7 @@ def run_many(cfgs: Sequence[RunConfig], *, jobs: int = 1, scheduler: str | None 
         return [_run_one(p, force) for p in payload]
     from joblib import Parallel, delayed
 
-    return Parallel(n_jobs=jobs, backend="loky")(delayed(_run_one)(p, force) for p in payload)
+    return Parallel(n_jobs=jobs, backend="loky")(delayed(_run_one)(p, force, True) for p in payload)
 
 
 def _run_dask(payload: list[dict], scheduler: str, force: bool) -> list[dict[str, Any]]:
@@ -179,4 +192,4 @@ def _run_dask(payload: list[dict], scheduler: str, force: bool) -> list[dict[str
         log.info("sending %d runs to %s (%d workers)", len(payload), scheduler,
                  len(client.scheduler_info().get("workers", {})))
         with parallel_config(backend="dask"):
-            return Parallel(n_jobs=-1)(delayed(_run_one)(p, force) for p in payload)
+            return Parallel(n_jobs=-1)(delayed(_run_one)(p, force, True) for p in payload)
