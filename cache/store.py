@@ -40,7 +40,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
+
+from data.fileio import code_version  # noqa: F401  (provenance of the file; re-exported by cache)
 
 log = logging.getLogger(__name__)
 
@@ -156,22 +157,6 @@ def _relabel(rec: "VideoRecord", lab: Any) -> "VideoRecord":
 
 
 # ----------------------------------------------------------------------------------------------- attrs
-def code_version() -> str:
-    """The git commit of this checkout (``+dirty`` when tracked files differ), or ``unknown``."""
-    here = Path(__file__).resolve().parent
-    try:
-        def git(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run(["git", "--no-optional-locks", *args], cwd=here, capture_output=True,
-                                  text=True, timeout=20)
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return "unknown"
-        dirty = git("diff", "--quiet", "HEAD", "--").returncode == 1
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 

@@ -23,13 +23,18 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on a clean exit it replaces `path`, on an error it is
-    removed and `path` keeps its old content."""
+    removed and `path` keeps its old content. `durable`: fsync the file before the rename (for files
+    that are expensive to make again, such as converted weights). The parent folder is created."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

