@@ -74,6 +74,23 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def dataset_label(dataset: str, root: str | os.PathLike | None = None) -> str:
+    """The name a dataset's outputs carry (feature cache file, the run folders' dataset level, tables).
+
+    The registry name, except for `csv`, whose root is the user's CSV file: `csv-<stem>-<hash8>` (stem of the
+    file, first 8 hex digits of the sha256 of its absolute path), so two CSV datasets never share a cache
+    file or run folders."""
+    if dataset != "csv" or root is None or not str(root).strip():
+        return dataset
+    import hashlib
+    import re
+
+    absolute = Path(root).expanduser().resolve()
+    digest = hashlib.sha256(str(absolute).encode("utf-8")).hexdigest()[:8]
+    stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", absolute.stem).strip("_") or "x"
+    return f"csv-{stem}-{digest}"
+
+
 def git_state(repo: Path = _REPO) -> tuple[str, bool | None]:
     """(commit, dirty) of the code; ("unknown", None) outside a git checkout. Dirty = tracked files
     differ from the commit (untracked files do not count)."""

@@ -44,13 +44,11 @@ def default_cache_path(dataset: str, weights: str = "kinetics400", root: str | P
     path keep two CSV datasets apart. Frame settings, views and --opt options are not in the name: the cache
     records them, and a rerun with other settings into the same file is refused (unless --force).
     """
-    name = _name_part(dataset)
-    if dataset == "csv":
-        if root is None or not str(root).strip():
-            raise ValueError("dataset csv: the default cache name needs --root (the CSV file)")
-        absolute = Path(root).expanduser().resolve()
-        digest = hashlib.sha256(str(absolute).encode("utf-8")).hexdigest()[:8]
-        name += f"-{_name_part(absolute.stem)}-{digest}"
+    from data.fileio import dataset_label
+
+    if dataset == "csv" and (root is None or not str(root).strip()):
+        raise ValueError("dataset csv: the default cache name needs --root (the CSV file)")
+    name = _name_part(dataset_label(dataset, root))
     return Path(artifacts) / "features" / f"{name}-{_name_part(Path(str(weights)).stem)}.h5"
 
 

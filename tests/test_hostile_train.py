@@ -98,3 +98,21 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_two_csv_datasets_never_share_run_folders(tmp_path):
+    from data.fileio import dataset_label
+    from train_head.config import resolve_config
+    from train_head.trainer import train
+
+    runs = []
+    for sub in ("a", "b"):
+        root = tmp_path / sub / "dives.csv"            # same file name, two folders
+        scores = np.random.default_rng(1).uniform(0, 100, 24)
+        path = write_fake_cache(tmp_path / f"{sub}.h5", learnable_features(scores, dim=8), scores,
+                                split=["train" if i % 3 else "test" for i in range(24)],
+                                attrs={"dataset": "csv", "dataset_root": str(root)})
+        cfg = resolve_config("csv", cache=str(path), out=str(tmp_path / "runs"), epochs=1, hidden=16, depth=3)
+        runs.append(train(cfg, progress=False))
+        assert runs[-1].parts[-4] == dataset_label("csv", root) != "csv"
+    assert runs[0] != runs[1] and all((r / "summary.json").is_file() for r in runs)

@@ -130,17 +130,23 @@ def test_complete_run_skipped_force_retrains_changed_config_refused(cache_path, 
         train(cfg.replace(lr=5e-4), progress=False)
 
 
-def test_dd_head_multiplies_difficulty(dd_cache, tmp_path):
+def test_dd_preset_folder_theta_and_same_difficulty_voters(dd_cache, tmp_path):
+    """The mtl_aqa_dd preset: its run folder, theta 30, and exemplars drawn from the training pool with the
+    query's difficulty (the multiplication by difficulty itself: tests/test_train_head_dd.py)."""
+    from cache import load_cache
+
     cfg = resolve_config("mtl_aqa_dd", cache=str(dd_cache), out=str(tmp_path), **SMALL)
     run = train(cfg, progress=False)
     p = pd.read_csv(run / "predictions.csv")
     assert run.parts[-4:] == ("mtl_aqa", "all", "core_dd", "seed0")
-    assert p["difficulty"].notna().all()
-    g = json.loads((run / "groups.json").read_text())
-    assert g["theta"] == 30.0
-    # voters share the query's difficulty: each per-voter score / difficulty is a completeness < theta
+    assert json.loads((run / "groups.json").read_text())["theta"] == 30.0
     split = json.loads((run / "split.json").read_text())
-    assert set(" ".join(p["exemplars"]).split()) <= set(split["train"])
+    c = load_cache(dd_cache)
+    diff = dict(zip(c.video_ids, c.difficulty))
+    for _, row in p.iterrows():
+        ex = row["exemplars"].split()
+        assert ex and set(ex) <= set(split["train"])
+        assert all(diff[e] == row["difficulty"] for e in ex), row["video_id"]
 
 
 def test_dd_head_without_difficulty_is_a_clear_error(cache_path, tmp_path):

@@ -199,6 +199,7 @@ def finetune(cfg: FinetuneConfig, *, force: bool = False, progress: bool = True,
     epoch's checkpoint (raising interrupts the run: tests use it). `dataset`: an already built reader.
     """
     from data import get_dataset
+    from data.fileio import dataset_label
     from extract.devices import resolve_device
 
     info = xdist.dist_info()
@@ -206,16 +207,17 @@ def finetune(cfg: FinetuneConfig, *, force: bool = False, progress: bool = True,
     info, started = xdist.init(device, info)
     try:
         ds = dataset if dataset is not None else get_dataset(cfg.dataset, cfg.root)
-        record = RunFolder.config_record(cfg, cfg.dataset, None, extra={"world_size": info.world_size})
-        lock = RunFolder(cfg.run_dir()).lock() if info.is_main else contextlib.nullcontext()
+        label = dataset_label(cfg.dataset, cfg.root)       # csv: csv-<stem>-<hash8>, else the name
+        record = RunFolder.config_record(cfg, label, None, extra={"world_size": info.world_size})
+        lock = RunFolder(cfg.run_dir(label)).lock() if info.is_main else contextlib.nullcontext()
         with lock:
-            folder, resume = open_run(cfg, cfg.dataset, record, force=force, is_main=info.is_main)
+            folder, resume = open_run(cfg, label, record, force=force, is_main=info.is_main)
             xdist.barrier(info)
             if resume is None:
                 return folder.path
             samples = ds.samples()
             with run_environment():
-                ctx = prepare(cfg, labels_of(ds, samples), cfg.dataset, folder, is_main=info.is_main)
+                ctx = prepare(cfg, labels_of(ds, samples), label, folder, is_main=info.is_main)
                 run(FinetuneTask(ctx, ds, samples, device, info), ctx, folder, resume=resume,
                     progress=progress, on_epoch_end=on_epoch_end)
         return folder.path

@@ -86,7 +86,7 @@ def expand_units(cfg: RunConfig, data=None) -> list[RunConfig]:
         return [cfg]
     if data is None:
         from train_head.trainer import load_cache_data
-        data = load_cache_data(cfg.cache, cfg.dataset)
+        data = load_cache_data(cfg.cache)
     import numpy as np
 
     classes = sorted(set(data.cls.tolist())) if want_cls else [cfg.cls]
@@ -129,9 +129,9 @@ def plan_runs(preset: str | None, overrides: Mapping[str, Any], grid: Mapping[st
 def _train_and_summarise(cfg: RunConfig, force: bool, progress: bool) -> dict[str, Any]:
     """Train one config (or skip it when complete) and return its result row."""
     from train_head.runfolder import RunFolder
-    from train_head.trainer import load_cache_data, train
+    from train_head.trainer import load_cache_data, run_dataset, train
 
-    dataset = cfg.dataset or str(load_cache_data(cfg.cache, cfg.dataset).attrs.get("dataset"))
+    dataset = run_dataset(cfg, load_cache_data(cfg.cache))
     was_complete = RunFolder(cfg.run_dir(dataset)).complete and not force
     run_dir = train(cfg, force=force, progress=progress)
     summary = RunFolder(run_dir).read_json("summary.json")

@@ -173,13 +173,10 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
         raise TrainError("cls/fold 'all' names several runs: expand them with train_head.sweep.expand_units "
                          "(the CLI does this for --class all / --fold all)")
     if cache is None:
-        data = load_cache_data(cfg.cache, cfg.dataset)
+        data = load_cache_data(cfg.cache)
     else:
         data = cache if isinstance(cache, CacheData) else cache_data_from(cache)
-    dataset = cfg.dataset or str(data.attrs.get("dataset", "unknown"))
-    if cfg.dataset and str(data.attrs.get("dataset")) != cfg.dataset:
-        raise TrainError(f"{data.path} holds dataset {data.attrs.get('dataset')!r}, the config asks for "
-                         f"{cfg.dataset!r}; point --cache to the right file or drop --dataset")
+    dataset = run_dataset(cfg, data)
     device = resolve_device(cfg.device)
     record = RunFolder.config_record(cfg, dataset, data.attrs)
     with RunFolder(cfg.run_dir(dataset)).lock():
@@ -191,6 +188,20 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
             run(CachedTask(ctx, data, device), ctx, folder, resume=resume, progress=progress,
                 on_epoch_end=on_epoch_end)
     return folder.path
+
+
+def run_dataset(cfg: RunConfig, data: CacheData) -> str:
+    """The dataset level of the run's folder (and its summary): the cache's dataset, or for a CSV dataset
+    `csv-<stem>-<hash8>` of the CSV file the cache was made from (`data.fileio.dataset_label`), so two CSV
+    datasets never share run folders. `cfg.dataset`, when set, must name the cache's dataset (either form)."""
+    from data.fileio import dataset_label
+
+    held = str(data.attrs.get("dataset", "unknown"))
+    label = dataset_label(held, data.attrs.get("dataset_root") or None)
+    if cfg.dataset and cfg.dataset not in (held, label):
+        raise TrainError(f"{data.path} holds dataset {held!r}, the config asks for {cfg.dataset!r}; point --cache "
+                         "to the right file or drop --dataset")
+    return label
 
 
 def is_complete(run_dir) -> bool:
