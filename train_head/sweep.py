@@ -15,12 +15,16 @@ Units: `cls="all"` expands to every class (task) in the cache; a cross-validatio
 Execution: `jobs=1` runs in this process; `jobs>1` uses joblib's loky process pool (each worker keeps
 the last cache it read in memory); `scheduler="tcp://host:8786"` sends the runs to a dask.distributed
 cluster through joblib's dask backend (optional: `pip install -r requirements-dask.txt`). A failing run
-is logged and reported; the other runs go on. Complete runs are skipped unless `force`.
+is logged and reported; the other runs go on. Complete runs are skipped unless `force`. More than one run:
+one progress line per run on stderr (runs done of total, the current run, elapsed time, an estimate;
+`train_head.tracking.RunProgress`); pooled results are returned in the order of the configs.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import sys
+import time
 import traceback
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -141,43 +145,77 @@ def _train_and_summarise(cfg: RunConfig, force: bool, progress: bool) -> dict[st
             "warnings": summary.get("warnings", [])}
 
 
-def _run_one(cfg_dict: dict[str, Any], force: bool, pooled: bool = False) -> dict[str, Any]:
-    """Worker entry point (module level so process pools can pickle it by name)."""
+def _run_one(cfg_dict: dict[str, Any], force: bool, pooled: bool = False, bar: bool = False) -> dict[str, Any]:
+    """Worker entry point (module level so process pools can pickle it by name); `bar`: the run's epoch bar.
+    The row's "seconds" is the run's wall time (for the progress estimate)."""
     from data.locks import LockedError
     from train_head.protocol import UnitTooSmall
     from train_head.workers import exit_with_parent
 
     if pooled:
         exit_with_parent()      # a killed command takes its pool workers with it
+    t0 = time.perf_counter()
     cfg = config_from_dict(cfg_dict)
     row = {"run_dir": str(cfg.run_dir(cfg.dataset or "?")), "selected_rho": None, "final_rho": None,
            "selected_epoch": None}
     try:
-        return _train_and_summarise(cfg, force, progress=False)
+        return {**_train_and_summarise(cfg, force, progress=bar), "seconds": time.perf_counter() - t0}
     except UnitTooSmall as exc:  # e.g. a class with a single video under --class all: reported, skipped
         log.warning("run %s skipped: %s", row["run_dir"], exc)
-        return {**row, "status": "skipped", "error": str(exc)}
+        return {**row, "status": "skipped", "error": str(exc), "seconds": time.perf_counter() - t0}
     except (ValueError, OSError, LockedError) as exc:  # an error of the data or options: its message says it all
         log.error("run %s failed: %s", row["run_dir"], exc)
-        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
     except Exception as exc:  # one failing run must not stop a sweep; it is reported below
         log.error("run %s failed: %s", row["run_dir"], exc)
-        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
+        return {**row, "status": "failed", "seconds": time.perf_counter() - t0,
+                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
 
 
 def run_many(cfgs: Sequence[RunConfig], *, jobs: int = 1, scheduler: str | None = None,
              force: bool = False) -> list[dict[str, Any]]:
-    """Run every config; returns one result dict per config (run_dir, status, selected/final rho, error)."""
+    """Run every config; returns one result dict per config, in the order given (run_dir, status,
+    selected/final rho, error, seconds). More than one config: overall progress on stderr
+    (`train_head.tracking.RunProgress`: runs done of total, the current run, elapsed, an estimate)."""
     payload = [c.to_dict() for c in cfgs]
+    if not payload:
+        return []
+    if len(payload) == 1 and not scheduler:   # a single in-process run: epoch bar, errors reach the caller
+        return [_train_and_summarise(cfgs[0], force, progress=True)]
+    from train_head.tracking import RunProgress, run_label
+
     if scheduler:
         return _run_dask(payload, scheduler, force)
-    if jobs == 1 or len(payload) <= 1:
-        if len(payload) == 1:   # a single in-process run: progress bar, errors reach the caller
-            return [_train_and_summarise(cfgs[0], force, progress=True)]
-        return [_run_one(p, force) for p in payload]
+    if jobs == 1:
+        progress = RunProgress(len(payload))
+        bar = sys.stderr.isatty()              # the current run's epoch bar, where it redraws in place
+        rows = []
+        for p in payload:
+            progress.start(run_label(p))
+            rows.append(_run_one(p, force, bar=bar))
+            progress.done(rows[-1], run_label(p))
+        return rows
     from joblib import Parallel, delayed
 
-    return Parallel(n_jobs=jobs, backend="loky")(delayed(_run_one)(p, force, True) for p in payload)
+    progress = RunProgress(len(payload), parallel=jobs)
+    par = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
+    return _in_order(par(delayed(_indexed)(i, p, force) for i, p in enumerate(payload)), payload, progress)
+
+
+def _indexed(i: int, cfg_dict: dict[str, Any], force: bool) -> tuple[int, dict[str, Any]]:
+    """A pooled run that says which config it was (results arrive in the order they finish)."""
+    return i, _run_one(cfg_dict, force, pooled=True)
+
+
+def _in_order(results: Iterable[tuple[int, dict]], payload: list[dict], progress) -> list[dict[str, Any]]:
+    """Rows as they arrive (progress for each), returned in the order of `payload`."""
+    from train_head.tracking import run_label
+
+    rows: list[dict | None] = [None] * len(payload)
+    for i, row in results:
+        rows[i] = row
+        progress.done(row, run_label(payload[i]))
+    return rows  # type: ignore[return-value]
 
 
 def _run_dask(payload: list[dict], scheduler: str, force: bool) -> list[dict[str, Any]]:
@@ -188,8 +226,12 @@ def _run_dask(payload: list[dict], scheduler: str, force: bool) -> list[dict[str
                           "pip install -r requirements-dask.txt") from None
     from joblib import Parallel, delayed, parallel_config
 
+    from train_head.tracking import RunProgress
+
     with Client(scheduler) as client:
-        log.info("sending %d runs to %s (%d workers)", len(payload), scheduler,
-                 len(client.scheduler_info().get("workers", {})))
+        n_workers = len(client.scheduler_info().get("workers", {}))
+        log.info("sending %d runs to %s (%d workers)", len(payload), scheduler, n_workers)
+        progress = RunProgress(len(payload), parallel=max(1, n_workers))
         with parallel_config(backend="dask"):
-            return Parallel(n_jobs=-1)(delayed(_run_one)(p, force, True) for p in payload)
+            par = Parallel(n_jobs=-1, return_as="generator_unordered")
+            return _in_order(par(delayed(_indexed)(i, p, force) for i, p in enumerate(payload)), payload, progress)
