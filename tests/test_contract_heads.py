@@ -5,7 +5,8 @@ For each head: ``loss`` is a finite scalar with a matching ``stats["loss"]``; af
 parameter that requires grad has a finite gradient (the batch covers every leaf of a tree head, because
 the tree's loss only runs the true leaf's regressor); a state dict round trip into a fresh head gives the
 same predictions; batched prediction equals per-query and per-voter prediction, and ``predict_indexed``
-equals ``predict`` on the gathered exemplars.
+equals ``predict`` on the gathered exemplars. Heads that learn the judges (``judges``) get judge-shaped
+targets (B, n_judges) of half points in [0, 10] and must refuse score-shaped ones.
 """
 import numpy as np
 import pytest
@@ -51,6 +52,9 @@ def _loss_batch(head: Head):
         t_q = t_e + torch.from_numpy(deltas)                   # e vs q gives the mirrored negative leaves
         leaf, _, _ = leaf_labels(torch.cat([t_q - t_e, t_e - t_q]), groups)
         assert set(leaf.tolist()) == set(range(len(groups))), "the batch must cover every leaf"
+    elif head.judges:
+        t_q = torch.randint(0, 21, (B, head.n_judges), generator=g).double() / 2      # half points 0..10
+        t_e = None
     else:
         t_q = torch.rand(B, generator=g, dtype=torch.float64) * THETA
         t_e = torch.rand(B, generator=g, dtype=torch.float64) * THETA
@@ -194,3 +198,19 @@ def test_each_voter_alone_gives_its_per_voter_prediction(name):
             torch.testing.assert_close(one.target[0], full.per_voter[q, m], **TOL)
             if head.tree:
                 assert one.leaf[0, 0] == full.leaf[q, m]
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if HEADS[n].judges])
+def test_judge_heads_refuse_one_score_per_video(name):
+    head = _build(name)
+    f_q, _, _, _ = _loss_batch(head)
+    with pytest.raises(ValueError, match="judges"):
+        head.loss(f_q, torch.rand(len(f_q), dtype=torch.float64) * THETA)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_target_problem_accepts_the_contract_targets(name):
+    """The head's own range check (run before a run starts) passes the targets these tests train on."""
+    head = _build(name)
+    _, t_q, _, _ = _loss_batch(head)
+    assert HEADS[name].target_problem(t_q.numpy(), THETA) is None

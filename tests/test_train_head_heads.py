@@ -33,9 +33,38 @@ def test_tree_shapes_and_normalised(depth):
     L = 2 ** (depth - 1)
     assert logp.shape == reg.shape == (6, L)
     torch.testing.assert_close(torch.logsumexp(logp, 1), torch.zeros(6), atol=1e-5, rtol=0)
-    assert ((reg > 0) & (reg < 1)).all()                     # sigmoid-squashed in-leaf positions
     (logp.sum() + reg.sum()).backward()
     assert all(p.grad is not None for p in tree.parameters())
+
+
+def test_leaves_are_linear_by_default_and_sigmoid_on_request():
+    """The reference tree's leaf regressors are plain linear layers: the default; the sigmoid is an option."""
+    assert RegressionTree(in_dim=9, hidden=16, depth=3).leaf_activation == "identity"
+    torch.manual_seed(0)
+    lin = RegressionTree(in_dim=9, hidden=16, depth=3)
+    with torch.no_grad():
+        lin.regressors.bias.fill_(3.0)                      # a linear leaf passes 3 + w.h straight through
+    torch.manual_seed(0)
+    sig = RegressionTree(in_dim=9, hidden=16, depth=3, leaf_activation="sigmoid")
+    sig.load_state_dict(lin.state_dict())
+    x = torch.randn(6, 9)
+    _, reg_lin = lin(x)
+    _, reg_sig = sig(x)
+    assert (reg_lin > 1).any()                               # not squashed
+    torch.testing.assert_close(reg_sig, torch.sigmoid(reg_lin))
+    assert ((reg_sig > 0) & (reg_sig < 1)).all()
+    h0 = F.relu(lin.stem(x))
+    leaf = torch.tensor([0, 1, 2, 3, 0, 3])
+    torch.testing.assert_close(sig.forward_at(h0, leaf)[1], torch.sigmoid(lin.forward_at(h0, leaf)[1]))
+    for name in ("core", "core_dd"):
+        assert build_head(name, feat_dim=4, depth=3, hidden=8, groups=G4).tree_net.leaf_activation == "identity"
+        h = build_head(name, feat_dim=4, depth=3, hidden=8, groups=G4, leaf_activation="sigmoid")
+        assert h.tree_net.leaf_activation == "sigmoid"
+    with pytest.raises(ValueError, match="leaf_activation"):
+        build_head("core", feat_dim=4, depth=3, hidden=8, groups=G4, leaf_activation="tanh")
+    with pytest.raises(ValueError, match="unknown option"):
+        build_head("core", feat_dim=4, depth=3, hidden=8, groups=G4, leaf_activaton="sigmoid")
+    assert build_head("mlp", feat_dim=4, hidden=8, leaf_activation="sigmoid").name == "mlp"   # not a tree: ignored
 
 
 def test_tree_matches_per_node_reference():
@@ -60,32 +89,34 @@ def test_tree_matches_per_node_reference():
 
 
 def test_registry_and_flags():
-    assert set(HEADS) == {"mlp", "mlp_dd", "contrastive_mlp", "core", "core_dd"}
-    flags = {n: (c.pairwise, c.dd, c.tree) for n, c in HEADS.items()}
-    assert flags == {"mlp": (False, False, False), "mlp_dd": (False, True, False),
-                     "contrastive_mlp": (True, False, False), "core": (True, False, True),
-                     "core_dd": (True, True, True)}
+    assert set(HEADS) == {"mlp", "mlp_dd", "contrastive_mlp", "core", "core_dd", "usdl", "musdl"}
+    flags = {n: (c.pairwise, c.dd, c.tree, c.judges) for n, c in HEADS.items()}
+    assert flags == {"mlp": (False, False, False, False), "mlp_dd": (False, True, False, False),
+                     "contrastive_mlp": (True, False, False, False), "core": (True, False, True, False),
+                     "core_dd": (True, True, True, False), "usdl": (False, False, False, False),
+                     "musdl": (False, True, False, True)}
     with pytest.raises(ValueError, match="unknown head"):
         build_head("nope")
     with pytest.raises(ValueError, match="shape"):
         build_head("core", groups=G4)                        # depth 5 needs 16 leaves
 
 
-def _hand_set_core(name="core"):
+def _hand_set_core(name="core", leaf_activation="identity"):
     """depth 3 tree that always picks leaf 2 ([0, 3]) with in-leaf position 0.25."""
-    h = build_head(name, feat_dim=4, depth=3, hidden=8, groups=G4)
+    h = build_head(name, feat_dim=4, depth=3, hidden=8, groups=G4, leaf_activation=leaf_activation)
     t = h.tree_net
     with torch.no_grad():
         for p in t.parameters():
             p.zero_()
         t.classifiers[0].bias[0] = torch.tensor([0.0, 10.0])      # root -> right child (node 1)
         t.classifiers[1].bias[1] = torch.tensor([10.0, 0.0])      # node 1 -> its left child = leaf 2
-        t.regressors.bias[:, 0] = math.log(0.25 / 0.75)           # sigmoid -> 0.25
+        t.regressors.bias[:, 0] = math.log(0.25 / 0.75) if leaf_activation == "sigmoid" else 0.25
     return h
 
 
-def test_core_inference_formula_and_voting_mask():
-    h = _hand_set_core()
+@pytest.mark.parametrize("leaf_activation", ["identity", "sigmoid"])
+def test_core_inference_formula_and_voting_mask(leaf_activation):
+    h = _hand_set_core(leaf_activation=leaf_activation)
     f_q = torch.randn(2, 4)
     f_e = torch.randn(2, 3, 4)
     t_e = torch.tensor([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])
@@ -101,8 +132,9 @@ def test_core_inference_formula_and_voting_mask():
         h.predict(f_q, f_e, t_e, torch.zeros(2, 3, dtype=torch.bool))
 
 
-def test_core_loss_by_hand_both_directions():
-    h = _hand_set_core()
+@pytest.mark.parametrize("leaf_activation", ["identity", "sigmoid"])
+def test_core_loss_by_hand_both_directions(leaf_activation):
+    h = _hand_set_core(leaf_activation=leaf_activation)
     f_q, f_e = torch.randn(1, 4), torch.randn(1, 4)
     loss, stats = h.loss(f_q, torch.tensor([11.0]), f_e, torch.tensor([10.0]))
     # q vs e: delta 1 -> leaf 2 [0,3), pos 1/3;  e vs q: delta -1 -> leaf 1 (-3,0], pos 2/3

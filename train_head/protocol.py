@@ -7,7 +7,8 @@ through `loop.py`; nothing here reads or writes a file.
     cross-validation protocol), test = split "test" (or fold `fold`).               -> `select_unit`
   * Validation: `val_fraction` of the training videos, stratified over `val_bins` score-quantile bins;
     the rest is the training pool (pairs, groups and exemplars all come from it).   -> `carve_validation`
-  * Targets: scores, or completeness = score / difficulty for dd heads.             -> `run_targets`
+  * Targets: scores, or completeness = score / difficulty for dd heads, or the judges'
+    scores for heads that learn each judge (musdl).                                 -> `run_targets`
   * Groups: the leaf intervals of tree heads, from the training pool's targets.      -> `pool_groups`
   * Selection: the epoch with the best validation rho (ties -> earliest; NaN never wins; without a
     validation split the last evaluated epoch); the test set never selects anything, its best epoch is
@@ -144,21 +145,51 @@ def make_unit(labels, cfg, streams: Streams) -> Unit:
 
 
 # ------------------------------------------------------------------------------- targets, groups
-def run_targets(head_cls, labels, unit: Unit) -> tuple[np.ndarray, np.ndarray | None]:
+def run_targets(head_cls, labels, unit: Unit, *, theta: float | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
     """(targets of every video, difficulty of the training pool or None).
 
     Targets are scores, or completeness = score / difficulty for dd heads, which then need a positive,
-    finite difficulty on every used video (TrainError naming the source otherwise)."""
+    finite difficulty on every used video, or for heads that learn the judges (`head_cls.judges`) the
+    judges' scores (N, J) from `labels.judges`, which every training-pool video must have (TrainError
+    naming the source and the head to use otherwise). With `theta`, the head's own check of the
+    training targets' range (`head_cls.target_problem`) runs too."""
     diff = labels.difficulty
-    if not head_cls.dd:
-        return labels.scores.copy(), None
-    used = np.concatenate([unit.train, unit.val, unit.test])
-    bad = ~(np.isfinite(diff[used]) & (diff[used] > 0))
+    targets = labels.scores.copy()
+    if head_cls.judges:
+        targets = _judge_targets(head_cls, labels, unit)
+    if head_cls.dd:
+        used = np.concatenate([unit.train, unit.val, unit.test])
+        bad = ~(np.isfinite(diff[used]) & (diff[used] > 0))
+        if bad.any():
+            plain = head_cls.name[:-3] if head_cls.name.endswith("_dd") else "a head without '_dd'"
+            if head_cls.judges:
+                plain = "usdl"
+            raise TrainError(f"head {head_cls.name!r} divides scores by difficulty, but {int(bad.sum())} videos "
+                             f"of {labels.path} have none (e.g. {labels.video_ids[used][bad][0]}); use {plain!r}")
+        if not head_cls.judges:
+            targets = labels.scores / np.where(np.isfinite(diff) & (diff > 0), diff, 1.0)
+    if theta is not None:
+        problem = head_cls.target_problem(targets[unit.train], theta)
+        if problem:
+            raise TrainError(f"{labels.path}: {problem}")
+    return targets, (diff[unit.train] if head_cls.dd else None)
+
+
+def _judge_targets(head_cls, labels, unit: Unit) -> np.ndarray:
+    """The judges' scores (N, J) of a judge head; every training-pool video needs all J of them."""
+    judges = getattr(labels, "judges", None)
+    alt = "use 'usdl' (one distribution over the final score) or 'mlp_dd'/'core_dd' instead"
+    if judges is None:
+        raise TrainError(f"head {head_cls.name!r} learns one score distribution per judge, but {labels.path} "
+                         "has no judge scores (no video's extra holds 'judge_scores'); " + alt)
+    judges = np.asarray(judges, dtype=np.float64)
+    bad = ~np.isfinite(judges[unit.train]).all(axis=1)
     if bad.any():
-        plain = head_cls.name[:-3] if head_cls.name.endswith("_dd") else "a head without '_dd'"
-        raise TrainError(f"head {head_cls.name!r} divides scores by difficulty, but {int(bad.sum())} videos of "
-                         f"{labels.path} have none (e.g. {labels.video_ids[used][bad][0]}); use {plain!r}")
-    return labels.scores / np.where(np.isfinite(diff) & (diff > 0), diff, 1.0), diff[unit.train]
+        raise TrainError(f"head {head_cls.name!r} learns one score distribution per judge, but {int(bad.sum())} "
+                         f"training videos of {labels.path} lack some of the {judges.shape[1]} judge scores "
+                         f"(e.g. {labels.video_ids[unit.train][bad][0]}); " + alt)
+    return judges.copy()
 
 
 def pool_groups(head_cls, targets: np.ndarray, unit: Unit, d_tr: np.ndarray | None, depth: int, theta: float

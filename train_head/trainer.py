@@ -25,9 +25,10 @@ import torch
 
 from train_head.config import ConfigError, RunConfig
 from train_head.evaluator import Evaluator
-from train_head.heads import build_head
+from train_head.heads import HEADS, build_head
+from train_head.heads_sdl import judge_matrix
 from train_head.loop import Task, open_run, prepare, run, run_environment
-from train_head.protocol import TrainError, carve_validation  # noqa: F401  (public names of stage two)
+from train_head.protocol import Streams, TrainError, carve_validation, make_unit, run_targets  # noqa: F401
 from train_head.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class CacheData:
     attrs: Mapping[str, Any]
     test_view: int
     train_views: tuple         # indices of train-role views
+    judges: np.ndarray | None = None   # (N, J) judges' scores from extra["judge_scores"] (NaN = missing);
+                                       # None when no video has any
 
 
 def cache_data_from(c) -> CacheData:
@@ -64,7 +67,8 @@ def cache_data_from(c) -> CacheData:
     return CacheData(str(c.path), feats, np.asarray(c.video_ids, dtype=str),
                      np.asarray(c.scores, dtype=np.float64), np.asarray(c.difficulty, dtype=np.float64),
                      np.asarray(c.split, dtype=str), np.asarray(c.cls, dtype=str), tuple(c.folds),
-                     tuple(c.views), dict(c.attrs), int(c.test_view_index), tuple(c.train_view_indices))
+                     tuple(c.views), dict(c.attrs), int(c.test_view_index), tuple(c.train_view_indices),
+                     judge_matrix(getattr(c, "extra", None) or []))
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,6 +112,24 @@ def resolve_views(data: CacheData, spec: str) -> np.ndarray:
     return np.asarray([names.index(w) for w in wanted], dtype=np.int64)
 
 
+def check_labels(cfg: RunConfig, data: CacheData) -> None:
+    """The protocol's checks of the run's labels (unit, targets: difficulty, judges' scores, the head's
+    target range), before anything is written: a run the cache cannot serve leaves no folder behind."""
+    head_cls = HEADS[cfg.head]
+    run_targets(head_cls, data, make_unit(data, cfg, Streams.from_seed(cfg.seed)), theta=cfg.theta)
+
+
+def head_options(cfg, ctx) -> dict[str, Any]:
+    """build_head's per-head options of this run: the tree's leaf activation (config field
+    `leaf_activation` where the config has it; the default otherwise) and the number of judges."""
+    opts: dict[str, Any] = {}
+    if getattr(cfg, "leaf_activation", None):
+        opts["leaf_activation"] = cfg.leaf_activation
+    if ctx.head_cls.judges:
+        opts["n_judges"] = int(ctx.targets.shape[1])
+    return opts
+
+
 # ------------------------------------------------------------------------------------------ task
 class CachedTask(Task):
     """Batches of pairs from the cached features on the device; evaluation on the test view."""
@@ -131,7 +153,8 @@ class CachedTask(Task):
         self._evals = (evaluator(unit.val), evaluator(unit.test))
         torch.manual_seed(ctx.streams.torch)
         self.model = self.head = build_head(cfg.head, feat_dim=F.shape[-1], theta=cfg.theta, depth=cfg.depth,
-                                            hidden=cfg.hidden, groups=ctx.groups).to(device)
+                                            hidden=cfg.hidden, groups=ctx.groups, **head_options(cfg, ctx)
+                                            ).to(device)
         # fused Adam: one kernel over all parameters; on CPU ~5x faster per step than the per-tensor loop
         # for this head (2.5M parameters), and still deterministic.
         self.optim = torch.optim.Adam(self.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -177,6 +200,7 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
     else:
         data = cache if isinstance(cache, CacheData) else cache_data_from(cache)
     dataset = run_dataset(cfg, data)
+    check_labels(cfg, data)
     device = resolve_device(cfg.device)
     record = RunFolder.config_record(cfg, dataset, data.attrs)
     with RunFolder(cfg.run_dir(dataset)).lock():

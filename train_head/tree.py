@@ -23,10 +23,12 @@ per-node matrices; the only copy per level is the one that interleaves the two c
 ``forward_hidden(h0)`` runs the tree from the root's hidden vector (after the stem's ReLU); the heads
 use it at inference to run the stem as a sum of per-video projections (see ``heads.CoReHead``).
 
-Leaf regression squashing: SPEC only says "a scalar regressor". The in-leaf position target is in [0, 1]
-and inference maps it to ``a + (b - a) * r``; squashing with a sigmoid (as the paper's reference code does)
-keeps every prediction inside its leaf's interval, so ``leaf_activation="sigmoid"`` is the default;
-``"identity"`` gives the plain linear regressor.
+Leaf regressors: linear, as in the official CoRe code (each leaf's regressor is a plain linear layer
+whose output is compared with the in-leaf position by a squared error; nothing squashes it), so
+``leaf_activation="identity"`` is the default. The in-leaf position target lies in [0, 1] and inference
+maps the output to ``a + (b - a) * r``; a linear ``r`` may fall slightly outside [0, 1], i.e. outside its
+leaf's interval. ``leaf_activation="sigmoid"`` squashes ``r`` into (0, 1), which keeps every prediction
+inside its leaf (this package's default before issue 14; runs trained with it record it in their config).
 
 Init: every linear map (including each node's slice of the per-node tensors) uses PyTorch's
 ``nn.Linear`` default, i.e. weights and biases uniform in ``+-1/sqrt(fan_in)``.
@@ -39,7 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RegressionTree", "NodeLinear"]
+__all__ = ["RegressionTree", "NodeLinear", "LEAF_ACTIVATIONS"]
+
+LEAF_ACTIVATIONS = ("identity", "sigmoid")     # the first is the default
 
 
 class NodeLinear(nn.Module):
@@ -68,12 +72,12 @@ class NodeLinear(nn.Module):
 class RegressionTree(nn.Module):
     """Binary classification tree with per-leaf regressors; see the module docstring."""
 
-    def __init__(self, in_dim: int, hidden: int = 256, depth: int = 5, leaf_activation: str = "sigmoid"):
+    def __init__(self, in_dim: int, hidden: int = 256, depth: int = 5, leaf_activation: str = "identity"):
         super().__init__()
         if int(depth) < 2:
             raise ValueError(f"RegressionTree: depth must be >= 2 (got {depth})")
-        if leaf_activation not in ("sigmoid", "identity"):
-            raise ValueError(f"RegressionTree: leaf_activation must be 'sigmoid' or 'identity', "
+        if leaf_activation not in LEAF_ACTIVATIONS:
+            raise ValueError(f"RegressionTree: leaf_activation must be one of {LEAF_ACTIVATIONS}, "
                              f"got {leaf_activation!r}")
         self.in_dim, self.hidden, self.depth = int(in_dim), int(hidden), int(depth)
         self.n_leaves = 2 ** (self.depth - 1)
