@@ -2,7 +2,8 @@
 
 `get_dataset(name, root, **options)` builds a reader from `DATASETS`:
 "aqa7" (cls=), "mtl_aqa" (anno_file=, train_split_file=, test_split_file=), "jigsaws" (task=, folds_file=,
-n_frames=), "csv" (n_frames=, test_fraction=, seed=), "synthetic" (normalise=). Readers raise `DataError`
+n_frames=), "csv" (n_frames=, test_fraction=, seed=), "synthetic" (normalise=), "finediving" (anno_file=,
+train_split_file=, test_split_file=). Readers raise `DataError`
 for bad user data (see data/base.py for the policy). Importing this package loads numpy only; PIL, PyAV,
 scipy and torch are imported where they are used.
 """
@@ -13,12 +14,14 @@ import inspect
 from .aqa7 import AQA7
 from .base import DataError, Dataset, Sample
 from .csv_dataset import CSVDataset
+from .finediving import FineDiving
 from .jigsaws import JIGSAWS
 from .mtl_aqa import MTLAQA
 from .synthetic import Synthetic
 
 DATASETS: dict[str, type[Dataset]] = {
     "aqa7": AQA7, "mtl_aqa": MTLAQA, "jigsaws": JIGSAWS, "csv": CSVDataset, "synthetic": Synthetic,
+    "finediving": FineDiving,
 }
 
 

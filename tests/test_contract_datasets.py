@@ -78,7 +78,13 @@ def _synthetic(root: Path):
     return write_synthetic(root, n_videos=3, seed=0, size=32), {}
 
 
-BUILDERS = {"aqa7": _aqa7, "mtl_aqa": _mtl_aqa, "jigsaws": _jigsaws, "csv": _csv, "synthetic": _synthetic}
+def _finediving(root: Path):
+    from tests.test_data_finediving import write_finediving
+    return write_finediving(root, n_dives=3, n_test=1), {}      # dives of 63..149 frames, 7/3/5 judges
+
+
+BUILDERS = {"aqa7": _aqa7, "mtl_aqa": _mtl_aqa, "jigsaws": _jigsaws, "csv": _csv, "synthetic": _synthetic,
+            "finediving": _finediving}
 
 
 @pytest.fixture(params=sorted(DATASETS), scope="module")
