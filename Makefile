@@ -45,7 +45,7 @@ endif
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: help setup setup-test weights demo demo-data features train eval test bench clean
+.PHONY: help setup setup-test weights demo demo-data features train eval test bench clean clean-features
 
 help:
 	@echo "Targets:"
@@ -59,7 +59,11 @@ help:
 	@echo "  make train       stage two: train HEAD on FEATURES, one run folder per unit and seed under RUNS"
 	@echo "  make eval        results table (markdown + CSV) and plots for every run under RUNS"
 	@echo "  make bench       speed benchmarks (extraction, head training)"
-	@echo "  make clean       remove $(ART)/ (features, runs, demo data); keeps $(VENV) and the weights"
+	@echo "  make clean       remove what is cheap to rebuild: the demo data, demo features and demo runs"
+	@echo "                   ($(ART)/datasets/synthetic, $(ART)/features/synthetic-*, $(RUNS)/synthetic,"
+	@echo "                   $(ART)/results.csv); keeps other feature caches and runs, $(VENV) and the weights"
+	@echo "  make clean-features  remove EVERY feature cache in $(ART)/features (hours to re-extract on a CPU):"
+	@echo "                   lists them and asks first; CONFIRM=yes to skip the question"
 	@echo "  make help        this list"
 	@echo ""
 	@echo "Variables (current value):"
@@ -145,5 +149,21 @@ bench: setup
 	$(PY) -m bench.bench_extract
 	$(PY) -m bench.bench_train_head
 
+# Only what `make demo` rebuilds in minutes. Real feature caches take hours to extract on a CPU: they go
+# only with the explicit `make clean-features`, which lists them and asks.
+DEMO_CLEAN = $(ART)/datasets/synthetic $(wildcard $(ART)/features/synthetic-*) $(RUNS)/synthetic $(ART)/results.csv
+
 clean:
-	rm -rf $(ART)
+	rm -rf $(DEMO_CLEAN)
+
+CONFIRM ?=
+clean-features:
+	@files=$$(ls -d $(ART)/features/* 2>/dev/null); \
+	if [ -z "$$files" ]; then echo "make clean-features: no feature caches in $(ART)/features"; exit 0; fi; \
+	echo "make clean-features deletes these feature caches (re-extracting takes hours on a CPU):"; \
+	du -sh $$files | sed 's/^/  /'; \
+	if [ "$(CONFIRM)" != "yes" ]; then \
+	  printf "Delete them? [y/N] "; read -r answer || { answer=; echo; }; \
+	  case "$$answer" in y|Y|yes|YES) ;; *) echo "nothing deleted (make clean-features CONFIRM=yes deletes without asking)"; exit 1;; esac; \
+	fi; \
+	rm -rf $$files && echo "deleted $$(echo $$files | wc -w) entries from $(ART)/features"

@@ -241,7 +241,8 @@ def read_images(paths: Sequence[Path]) -> np.ndarray:
 def even_indices(n_available: int, n_wanted: int) -> np.ndarray:
     """`n_wanted` frame indices spread evenly over `n_available` frames: the centre of each of `n_wanted`
     equal segments, floor((i + 0.5) * n_available / n_wanted). Strictly increasing when
-    n_available >= n_wanted (callers raise DataError otherwise)."""
+    n_available >= n_wanted; with fewer frames than wanted each frame repeats about n_wanted / n_available
+    times, in order (the CSV dataset's rule for short videos; the other readers refuse them)."""
     i = np.arange(n_wanted, dtype=np.float64)
     return np.minimum(np.floor((i + 0.5) * n_available / n_wanted).astype(np.int64), n_available - 1)
 
@@ -322,20 +323,28 @@ def _decode_selected(path: Path, wanted: np.ndarray) -> tuple[dict[int, np.ndarr
 
 
 def read_video_even(path: str | Path, n_frames: int) -> np.ndarray:
-    """`n_frames` frames sampled evenly (see `even_indices`) from a video file: uint8 [n_frames, H, W, 3].
+    """`n_frames` frames sampled evenly (see `even_indices`) from a video file: uint8 [n_frames, H, W, 3];
+    a video shorter than `n_frames` is a DataError (`sample_video` with min_frames=1 resamples it)."""
+    return sample_video(path, n_frames)[0]
 
-    The file is demuxed once to count frames and decoded once; if the decoder yields a different number of
-    frames than packets (rare), the indices are recomputed and the file decoded again.
-    """
+
+def sample_video(path: str | Path, n_frames: int, min_frames: int | None = None) -> tuple[np.ndarray, int]:
+    """(frames at `even_indices(n_total, n_frames)`, n_total = the frames the video has). Fewer than
+    `min_frames` (default `n_frames`) frames is a DataError; with fewer than `n_frames` the indices repeat
+    frames. The file is demuxed once to count frames and decoded once; if the decoder yields a different
+    number of frames than packets (rare), the indices are recomputed and the file decoded again."""
     path = Path(path)
+    min_frames = n_frames if min_frames is None else max(1, int(min_frames))
     n_total = count_video_frames(path)
     for _ in range(2):
-        if n_total < n_frames:
+        if n_total == 0:
+            raise DataError(f"{path}: the video has no frames")
+        if n_total < min_frames:
             raise DataError(f"{path}: video has {n_total} frames, shorter than its window of {n_frames}")
         idx = even_indices(n_total, n_frames)
         got, n_decoded = _decode_selected(path, idx)
         if all(int(i) in got for i in idx):
-            return np.stack([got[int(i)] for i in idx])
+            return np.stack([got[int(i)] for i in idx]), n_total
         log.warning("%s: %d video packets but only %d frames decoded: the file may be damaged (sampling "
                     "the %d frames it gave)", path, n_total, n_decoded, n_decoded)
         n_total = n_decoded

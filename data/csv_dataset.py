@@ -13,7 +13,16 @@ each bin round(test_fraction * n) randomly chosen videos go to test (numpy Gener
 A split file that does not list exactly the CSV's videos, or has a split other than train/test, is a
 DataError naming the file and line (delete it to make a new one).
 
-Frames: `n_frames` (default 103) sampled evenly from the video or frame folder (`base.even_indices`).
+Frames (docs/CSV_DATASET.md): a video (PyAV) or frame folder of ANY length n >= 1 becomes the window of
+T = `n_frames` (default 103) frames by one rule, uniform index sampling: frame i of the window is source
+frame floor((i + 0.5) * n / T) (`base.even_indices`). A longer video is sampled evenly over its whole
+length; a shorter one repeats each frame about T/n times, in order (played slower), instead of being
+refused. Notices, once per video (`_notice`): a video longer or shorter than T says how it was sampled;
+a portrait frame, or a landscape one whose width/height is outside `USUAL_ASPECT` (4:3 .. 16:9 with a
+margin), says how it is resized (exactly, `transforms.describe_resize`, when `frame_cfg` is set, as the
+extraction may do; else the rule of both resize modes in words). The first video of each kind in a process is noted at WARNING with a
+hint that the others follow at INFO (-v), so a folder of long videos gives one warning, not one per
+video. A video that cannot be used (missing, unreadable, no frames) is a DataError saying what to do.
 video_id = the `video` entry as written; cls = the `class` entry or "csv"; no shift protocol.
 """
 from __future__ import annotations
@@ -26,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataError, Dataset, Sample, check_score, read_even
+from .base import (DataError, Dataset, Sample, check_score, even_indices, list_frames, read_images,
+                   sample_video)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +44,15 @@ SPLIT_SUFFIX = ".split.csv"
 COLUMNS = ("video", "score", "difficulty", "split", "class")
 SPLIT_VALUES = ("train", "test")
 _EXPECTED = "video,score[,difficulty][,split][,class] (any case)"
+# width / height of the usual landscape frame (4:3 = 1.33 .. 16:9 = 1.78, with a margin): outside it, or a
+# portrait frame, the notice says how the frame is resized
+USUAL_ASPECT = (1.25, 1.85)
+# how frames are resized when the frame settings are not known here (frame_cfg None)
+_RESIZE_RULE = ("resized by the extraction's frame settings: with --resize-mode nearest (the default) stretched "
+                "to --frame-size (default 455x256, height x width) whatever their aspect ratio; with "
+                "bilinear_short_side scaled keeping it, the centre crop then cutting the long side")
+_FIX = ("re-encode it (e.g. ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4) or give a folder of its frames, "
+        "or remove its row")
 
 
 def read_table(path: Path, columns: tuple[str, ...], required: tuple[str, ...]) -> list[dict]:
@@ -113,6 +132,9 @@ def stratified_split(scores: np.ndarray, test_fraction: float, seed: int, n_bins
 
 class CSVDataset(Dataset):
     name = "csv"
+    # the extraction's frame settings, when it sets them: the aspect-ratio notice then says exactly how
+    # frames are resized (FrameConfig; None: described with the default settings)
+    frame_cfg = None
 
     def __init__(self, root, n_frames: int = 103, test_fraction: float = 0.25, seed: int = 0):
         root = Path(root)
@@ -133,6 +155,8 @@ class CSVDataset(Dataset):
         self.test_fraction = float(test_fraction)
         self.seed = int(seed)
         self.split_path = root.with_name(root.name + SPLIT_SUFFIX)
+        self._noticed: set[str] = set()          # videos already noted (_notice)
+        self._warned_kinds: set[str] = set()     # kinds of notice already given at WARNING
 
     def _read_rows(self) -> list[dict]:
         p = self.csv_path
@@ -206,4 +230,54 @@ class CSVDataset(Dataset):
         return str(self.csv_path)
 
     def _read_window(self, sample: Sample, max_shift: int) -> np.ndarray:
-        return read_even(Path(sample.source), self.n_frames)
+        try:
+            frames, n = read_resampled(sample.source, self.n_frames)
+        except DataError as exc:
+            fix = (f"check the path in the video column of {self.csv_path} (relative to its folder)"
+                   if not Path(sample.source).exists() else f"{_FIX} from {self.csv_path}")
+            raise DataError(f"{exc}; {fix} (video {sample.video_id!r})") from None
+        self._notice(sample, n, frames.shape[1], frames.shape[2])
+        return frames
+
+    def _notice(self, sample: Sample, n: int, h: int, w: int) -> None:
+        """Once per video: how it was sampled (n != T) and resized (portrait or unusual aspect ratio)."""
+        noticed, warned = self._noticed, self._warned_kinds
+        if sample.video_id in noticed:
+            return
+        noticed.add(sample.video_id)
+        t, parts, kinds = self.n_frames, [], []
+        if n > t:
+            kinds.append("long")
+            parts.append(f"{n} frames, longer than the window of {t}: {t} frames taken evenly over the whole "
+                         f"video (about every {n / t:.1f}th frame)")
+        elif n < t:
+            kinds.append("short")
+            parts.append(f"{n} frames, shorter than the window of {t}: each frame repeated about {t / n:.1f} "
+                         f"times in order (played {t / n:.1f}x slower)")
+        if h > w or not USUAL_ASPECT[0] <= w / h <= USUAL_ASPECT[1]:
+            from .transforms import describe_resize
+            kinds.append("aspect")
+            how = describe_resize(h, w, self.frame_cfg) if self.frame_cfg is not None else _RESIZE_RULE
+            parts.append(f"{'portrait ' if h > w else ''}frames of {w}x{h} (width x height, aspect {w / h:.2f}, "
+                         f"outside the usual landscape 4:3..16:9) are {how}")
+        if not parts:
+            return
+        first = [k for k in kinds if k not in warned]
+        warned.update(kinds)
+        msg = f"{sample.source}: " + "; ".join(parts)
+        if first:
+            log.warning("%s (further videos like this are noted at INFO: -v shows them)", msg)
+        else:
+            log.info("%s", msg)
+
+
+def read_resampled(source: str | Path, n_frames: int) -> tuple[np.ndarray, int]:
+    """(uint8 [n_frames, H, W, 3], n = frames the video or frame folder has) by the CSV rule: source frame
+    floor((i + 0.5) * n / n_frames) for i < n_frames, any n >= 1 (module docstring)."""
+    source = Path(source)
+    if source.is_dir():
+        files = list_frames(source)
+        return read_images([files[i] for i in even_indices(len(files), n_frames)]), len(files)
+    if not source.exists():
+        raise DataError(f"{source}: video file or frame folder not found")
+    return sample_video(source, n_frames, min_frames=1)

@@ -197,6 +197,23 @@ def apply_view(frames: np.ndarray, view: View, cfg: FrameConfig = FrameConfig())
     return out
 
 
+def describe_resize(h: int, w: int, cfg: FrameConfig = FrameConfig()) -> str:
+    """How `apply_view` turns an h x w frame into the crop, in words (the CSV dataset's notice for a
+    portrait or unusual aspect ratio)."""
+    c = cfg.crop
+    if cfg.interp == "nearest":
+        oh, ow = cfg.resize_hw
+        how = (f"stretched to {oh}x{ow} (height x width, nearest neighbour, --resize-mode nearest): the "
+               f"aspect ratio (width/height) goes from {w / h:.2f} to {ow / oh:.2f}")
+    else:
+        scale = min(cfg.resize_hw) / min(h, w)
+        oh, ow = max(c, int(math.floor(h * scale + 0.5))), max(c, int(math.floor(w * scale + 0.5)))
+        how = (f"scaled by {scale:.3g} to {oh}x{ow} (height x width, bilinear, --resize-mode "
+               f"bilinear_short_side): the aspect ratio is kept")
+    return (f"{how}; then the {c}x{c} crop keeps {min(1.0, c / oh):.0%} of the height and "
+            f"{min(1.0, c / ow):.0%} of the width")
+
+
 # reference clip starts where the generic rule differs from the published protocol
 _REFERENCE_STARTS = {(103, 10, 16): [0, 10, 20, 30, 40, 50, 60, 70, 80, 86]}
 

@@ -16,13 +16,19 @@ What happens, and why each step is tied to the run:
    equal segments), so the whole attempt is seen whatever its length; ``"first"`` takes the first T
    frames. Both equal the training window when the clip is cut like the dataset's samples (T frames at
    the native rate: an AQA-7/MTL-AQA clip trimmed to the dive); a clip with fewer than T frames is
-   refused with the number it needs. A video file is read with PyAV, a frame folder in natural name
-   order (data's readers).
+   refused with the number it needs, except for a run on a CSV dataset, whose clips follow that dataset's
+   rule (any length, frames repeated when short: ``data.csv_dataset.read_resampled``; the notes say how
+   the clip was sampled). A video file is read with PyAV, a frame folder in natural name order. A portrait
+   or unusual aspect ratio gets a note of how it is resized (``data.transforms.describe_resize``).
 4. Features: ``extract.pipeline.featurize_frames`` with the cache's *test* view and frame config
    (resize, crop, normalisation), its ``n_clips`` and, on CUDA, its extraction precision; the per-clip features are rounded to float16 as the
    cache stores them, then averaged over clips (as the trainer does).
 5. Head: ``train_head.heads.build_head`` with the run's head/depth/hidden/theta and groups.json, then
-   ``model_selected.pt`` (the validation-selected epoch; weights_only=True).
+   ``model_selected.pt`` (``model="selected"``, default: the validation-selected epoch) or ``model_final.pt``
+   (``model="final"``: the last epoch), weights_only=True. The selected model comes with a note when the
+   run's validation split (summary.json ``n_val``) is too small to trust: fewer than
+   ``train_head.protocol.MIN_VAL_VIDEOS`` (10) videos, where the selected epoch is close to a guess; the
+   note gives both models' test rho. With no validation split the selected model is the final one.
 6. Exemplars: M voters drawn (seeded) from the run's *training pool* (``split.json["train"]``: the
    training videos minus the validation split, exactly the trainer's exemplar pool) with
    ``train_head.pairs.draw_voters``, same difficulty for DD heads (then ``difficulty`` is required).
@@ -35,44 +41,20 @@ score that voter predicts. ``spread`` is the std (population), min and max of th
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from evaluate.score_inputs import (ScoreError, _as_obj, _clip_notes, _model_notes, load_run,  # noqa: F401
+                                   read_frames)
 
 log = logging.getLogger(__name__)
 
 # cache attributes that decide what a feature means; all must match between the run and the cache file
 _IDENTITY_ATTRS = ("dataset", "backbone", "weights_sha256", "normalization", "clip_rule", "frame_config",
                    "views")
-
-
-class ScoreError(ValueError):
-    """A problem the user can fix (wrong run folder, missing difficulty, weights mismatch, ...)."""
-
-
-def _as_obj(v: Any) -> Any:
-    if isinstance(v, str):
-        try:
-            return json.loads(v)
-        except ValueError:
-            return v
-    return v
-
-
-def read_frames(source: str | Path, n_frames: int, sampling: str = "even") -> np.ndarray:
-    """uint8 (n_frames, H, W, 3) from a video file or a frame folder (see the module docstring)."""
-    from data.base import DataError, read_even, read_first
-
-    if sampling not in ("even", "first"):
-        raise ScoreError(f"sampling must be 'even' or 'first', got {sampling!r}")
-    try:
-        return (read_even if sampling == "even" else read_first)(Path(source), n_frames)
-    except DataError as e:
-        raise ScoreError(f"cannot read the clip: {e}") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -94,37 +76,14 @@ def _device(name: str):
         raise ScoreError(str(e)) from None
 
 
-def load_run(run_dir: str | Path) -> dict:
-    """config, summary, groups (None for non-tree heads), split (may be None) of a complete run; the
-    config's cache path is the absolute one recorded at training time when the relative one does not
-    resolve from the current folder."""
-    from train_head.runfolder import RunFolder, RunFolderError
-
-    folder = RunFolder(run_dir)
-    run = folder.path
-    if not run.is_dir():
-        raise ScoreError(f"{run} is not a folder; --run takes a run folder (with config.json)")
-    try:
-        cfg = folder.read_config()
-        if cfg.get("cache") and not Path(cfg["cache"]).is_file() and cfg.get("cache_path"):
-            cfg["cache"] = cfg["cache_path"]
-        if folder.summary() is None:
-            raise ScoreError(f"{run}: no summary.json, the run has not finished; finish or rerun training first")
-        if not folder.complete:
-            raise ScoreError(f"{run}: the run is not complete (summary.json); finish or rerun training first")
-        if not folder.file("model_selected.pt").is_file():
-            raise ScoreError(f"{folder.file('model_selected.pt')} not found; the run folder is incomplete, retrain it")
-        return {"dir": run, "folder": folder, "config": cfg, "summary": folder.summary(),
-                "groups": folder.read_json("groups.json", required=False),
-                "split": folder.read_json("split.json", required=False)}
-    except RunFolderError as e:
-        raise ScoreError(str(e)) from None
-
-
 def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | None = None, voters: int = 10,
                 device: str = "auto", sampling: str = "even", seed: int = 0,
-                weights: str | None = None) -> dict:
-    """Predict the score of one clip with a run; returns a JSON-serialisable dict (module docstring)."""
+                weights: str | None = None, model: str = "selected") -> dict:
+    """Predict the score of one clip with a run; returns a JSON-serialisable dict (module docstring).
+    `model`: "selected" (the validation-selected epoch, model_selected.pt) or "final" (model_final.pt)."""
+    if model not in ("selected", "final"):
+        raise ScoreError(f"model must be 'selected' or 'final', got {model!r}")
+    which = model                      # `model` names the backbone below
     import torch
 
     from cache import CacheMismatch, load_cache
@@ -192,7 +151,9 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
     dev = _device(device)
 
     # ---- the clip's feature
-    frames = read_frames(video, n_frames, sampling)                                  # (T, H, W, 3)
+    any_length = str(attrs.get("dataset", "")) == "csv"            # the CSV dataset's frame rule
+    frames, n_have = read_frames(video, n_frames, sampling, any_length)              # (T, H, W, 3)
+    notes = _clip_notes(n_have, n_frames, frames.shape[1], frames.shape[2], frame_cfg)
     model = _backbone(source, str(dev))
     # on CUDA use the precision the cache was extracted with (bf16 autocast by default); CPU is fp32
     precision = str(attrs.get("precision", "auto"))
@@ -240,14 +201,13 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
     try:
         head = build_head(head_name, feat_dim=int(pool_f.shape[1]), theta=float(cfg.get("theta", 100.0)),
                           depth=int(cfg.get("depth", 5)), hidden=int(cfg.get("hidden", 256)), groups=groups)
-        state = run["folder"].load("model_selected.pt")
-        head.load_state_dict(state)
+        head.load_state_dict(run["folder"].load(f"model_{which}.pt"))
     except (RuntimeError, ValueError, OSError) as e:
-        raise ScoreError(f"{run['dir']}/model_selected.pt does not fit head {head_name!r} of config.json "
+        raise ScoreError(f"{run['dir']}/model_{which}.pt does not fit head {head_name!r} of config.json "
                          f"({e})") from None
     head = head.to(dev).eval()
-
-    notes = []
+    summary = run["summary"] or {}
+    notes += _model_notes(which, summary)
     with torch.inference_mode():
         fq = torch.from_numpy(f_q[None]).to(dev)                                        # (1, D)
         if head_cls.pairwise:
@@ -283,16 +243,17 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
         if leaf is not None:
             e["leaf"] = int(leaf[j])
         exemplars.append(e)
-    summary = run["summary"] or {}
     return {
         "score": float(per_score.mean()),
-        "video": str(video), "run": str(run["dir"]), "head": head_name,
+        "video": str(video), "run": str(run["dir"]), "head": head_name, "model": which,
+        "epoch": summary.get("selected_epoch" if which == "selected" else "final_epoch"),
+        "n_val": summary.get("n_val"),
         "dataset": summary.get("dataset") or cfg.get("dataset"), "cls": summary.get("cls"),
         "difficulty": difficulty if head_cls.dd else None,
         "voters": len(exemplars),
         "exemplars": exemplars,
         "spread": {"std": float(per_score.std()), "min": float(per_score.min()), "max": float(per_score.max())},
-        "frames": {"T": n_frames, "n_clips": n_clips, "sampling": sampling},
+        "frames": {"T": n_frames, "n_clips": n_clips, "sampling": sampling, "n_source": n_have},
         "weights_sha256": have_sha, "device": str(dev),
         "scale": "evaluation scale of the run's dataset (AQA-7: normalised to [0, 100] per class)",
         "notes": notes,
