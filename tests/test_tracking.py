@@ -7,7 +7,7 @@ import pytest
 
 from tests._cachefixture import learnable_cache
 from train_head.tracking import (EXTRA_REQUIREMENTS, RunProgress, TrackingError, chain, epoch_logger,
-                                 fmt_seconds, run_label)
+                                 fmt_seconds, require_tensorboard, run_label)
 
 
 class Clock:
@@ -127,6 +127,8 @@ def test_missing_tensorboard_is_one_clear_message(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "'tensorboard' package" in msg and f"pip install -r {EXTRA_REQUIREMENTS}" in msg and "\n" not in msg
     assert not (tmp_path / "tensorboard").exists()
+    with pytest.raises(TrackingError, match="requirements-tensorboard.txt"):
+        require_tensorboard()
 
 
 def test_real_tensorboard_events_and_resume_purge(tmp_path):
@@ -146,3 +148,25 @@ def test_real_tensorboard_events_and_resume_purge(tmp_path):
     assert set(acc.Tags()["scalars"]) == {"train_loss", "val_rho"}
     assert [(s.step, round(s.value, 4)) for s in acc.Scalars("train_loss")] == [(1, 1.0), (2, 12.0), (3, 13.0)]
     assert [(s.step, round(s.value, 4)) for s in acc.Scalars("val_rho")] == [(1, 0.1), (2, 0.5), (3, 0.5)]
+
+
+def test_real_tensorboard_from_a_training_run(tmp_path):
+    """The per-epoch rows of a real run (train's on_epoch_end) land as scalars named like metrics.csv."""
+    pytest.importorskip("tensorboard")
+    import pandas as pd
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train_head.config import resolve_config
+    from train_head.trainer import train
+
+    cache = learnable_cache(tmp_path / "c.h5", n=24, dim=8, seed=0)
+    cfg = resolve_config(None, cache=str(cache), out=str(tmp_path / "runs"), head="core", epochs=3, depth=2,
+                         voters=3, hidden=8, threads=1)
+    log = epoch_logger(cfg.run_dir("synthetic"), True)
+    run = train(cfg, on_epoch_end=log, progress=False)
+    log.close()
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert {"train_loss", "val_rho", "test_rho", "test_rl2"} <= set(acc.Tags()["scalars"])
+    assert [round(s.value, 5) for s in acc.Scalars("test_rho")] == [round(v, 5) for v in metrics["test_rho"]]

@@ -126,6 +126,12 @@ def _summary_writer_class():
     return SummaryWriter
 
 
+def require_tensorboard() -> None:
+    """TrackingError (one line naming requirements-tensorboard.txt) unless TensorBoard logging can run; for
+    checking a config before any run starts."""
+    _summary_writer_class()
+
+
 def epoch_logger(run_dir: str | Path, enabled: bool, *,
                  writer_factory: Callable[..., Any] | None = None) -> Callable[[int, dict], None] | None:
     """None when not `enabled`; else `log(epoch, row)` writing the row's finite numbers as scalars
