@@ -61,6 +61,10 @@ class BaseConfig:
     seed          the single source of randomness of the run (train_head.protocol.Streams).
     device        "auto" (CUDA when present), "cpu", "cuda", "cuda:1".
     out, tag      results root; the head level of the run folder is `<head>+<tag>` when tag is set.
+    leaf_activation  the tree's leaf regressors: "identity" (linear, as the reference CoRe code) or
+                  "sigmoid" (squashed to [0, 1] before scaling).
+    tensorboard   also log the per-epoch metrics for TensorBoard into <run>/tensorboard/ (needs
+                  requirements-tensorboard.txt); off by default.
     """
     dataset: str | None = None
     cls: str | None = None
@@ -83,10 +87,12 @@ class BaseConfig:
     device: str = "auto"
     out: str = "artifacts/runs"
     tag: str = ""
+    leaf_activation: str = "identity"
+    tensorboard: bool = False
 
     mode: ClassVar[str] = "cached"
-    # fields that change speed, not numbers: a resume may differ in them
-    speed_only: ClassVar[tuple[str, ...]] = ()
+    # fields that change speed or logging, not numbers: a resume may differ in them
+    speed_only: ClassVar[tuple[str, ...]] = ("tensorboard",)
     _positive: ClassVar[tuple[str, ...]] = ("depth", "hidden", "voters", "epochs", "batch_size", "grad_accum",
                                             "val_every", "checkpoint_every", "val_bins")
 
@@ -112,6 +118,15 @@ class BaseConfig:
                               f"state would need about {need / 1024 ** 3:,.0f} GiB; lower depth or hidden")
         if self.head not in HEADS:
             raise ConfigError(f"unknown head {self.head!r}; heads: {', '.join(sorted(HEADS))}")
+        from train_head.tree import LEAF_ACTIVATIONS
+        if self.leaf_activation not in LEAF_ACTIVATIONS:
+            raise ConfigError(f"`leaf_activation` must be identity or sigmoid, got {self.leaf_activation!r}")
+        if self.tensorboard:
+            from train_head.tracking import TrackingError, require_tensorboard
+            try:
+                require_tensorboard()
+            except TrackingError as exc:
+                raise ConfigError(str(exc)) from None
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"`val_fraction` must be in [0, 1), got {self.val_fraction}")
         if self.theta <= 0 or self.weight_decay < 0:
@@ -208,7 +223,7 @@ class FinetuneConfig(BaseConfig):
 
     mode: ClassVar[str] = "finetune"
     speed_only: ClassVar[tuple[str, ...]] = ("workers", "eval_batch", "checkpoint_activations",
-                                             "checkpoint_every")
+                                             "checkpoint_every", "tensorboard")
     _positive = BaseConfig._positive + ("n_clips", "clip_len", "eval_batch", "crop")
 
     def validate(self) -> None:

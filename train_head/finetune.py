@@ -67,6 +67,7 @@ class FinetuneTask(Task):
 
     def __init__(self, ctx, ds, samples, device: torch.device, info: xdist.DistInfo):
         from extract.weights import load_i3d
+        from train_head.trainer import head_options
 
         cfg = ctx.cfg
         self.ctx, self.cfg, self.device, self.info = ctx, cfg, device, info
@@ -78,7 +79,7 @@ class FinetuneTask(Task):
                                train_from=cfg.train_from, checkpoint_activations=cfg.checkpoint_activations)
         torch.manual_seed(ctx.streams.torch)
         head = build_head(cfg.head, feat_dim=I3D.feature_dim, theta=cfg.theta, depth=cfg.depth,
-                          hidden=cfg.hidden, groups=ctx.groups)
+                          hidden=cfg.hidden, groups=ctx.groups, **head_options(cfg, ctx))
         self.model = FinetuneModel(backbone, head, amp=amp, channels_last=channels_last).to(device)
         if channels_last:
             self.model.backbone.to(memory_format=torch.channels_last_3d)

@@ -210,6 +210,10 @@ def run(task: Task, ctx: Context, folder: RunFolder, *, resume: bool, progress: 
     if progress and ctx.is_main:
         from tqdm import tqdm
         bar = tqdm(epochs, desc=task.desc, leave=False, dynamic_ncols=True)
+    from train_head.tracking import chain, epoch_logger
+
+    tb = epoch_logger(folder.path, bool(getattr(cfg, "tensorboard", False)) and ctx.is_main)
+    on_epoch_end = chain(tb, on_epoch_end)
     n_dropped = 0
     for epoch in (bar if bar is not None else epochs):
         task.model.train()
@@ -267,6 +271,8 @@ def run(task: Task, ctx: Context, folder: RunFolder, *, resume: bool, progress: 
             on_epoch_end(epoch, row)
     if bar is not None:
         bar.close()
+    if tb is not None:
+        tb.close()
     return _finish(task, ctx, folder, rows, best, best_state, n_dropped, t_start)
 
 
