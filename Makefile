@@ -130,7 +130,7 @@ train: setup
 	    --device $(DEVICE) $(TRAIN_ARGS)
 
 eval: setup
-	$(PY) -m evaluate report $(RUNS) --csv $(ART)/results.csv
+	$(PY) -m evaluate report $(RUNS)
 
 demo: setup weights demo-data
 	$(MAKE) --no-print-directory features DATASET=synthetic

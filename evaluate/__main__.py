@@ -1,42 +1,25 @@
 """Command line of the evaluation package.
 
-    python -m evaluate table RUNS... [--csv out.csv] [--latex out.tex] [--no-reference] [--n-boot 1000]
-    python -m evaluate plots RUN_DIR...          # PNGs into each run folder (a folder of runs: all of them)
-    python -m evaluate report RUNS_ROOT [--csv FILE]   # table + CSV + every run's plots (make eval)
+    python -m evaluate report RUNS [--out DIR] [--best-on-test] [--long]   # what `make eval` runs
+    python -m evaluate table RUNS... [--csv F] [--latex F] [--markdown F] [--long] [--best-on-test]
+    python -m evaluate plots RUN_DIR... [--dpi 300]    # PNG + PDF into each run folder
     python -m evaluate score VIDEO --run RUN_DIR [--difficulty D] [--voters M] [--json] [--device auto]
+
+`report` prints the compact table and writes, beside the runs (evaluate.outputs): results.md,
+results.tex, results.csv, results_published.csv, comparison-<dataset>.png/.pdf, and each run's plots.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
 
 from data.cli import CONTEXT_SETTINGS, user_error, verbose_option
-from evaluate import tables
+from evaluate import compact as cpt
+from evaluate.outputs import OutputError, default_paths, refuse_empty, write_csv, write_text
 from extract.devices import device_option
-
-
-def _write(path: str | None, text: str) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text, encoding="utf-8")
-
-
-def _write_outputs(df, skipped, csv, latex, reference) -> list[str]:
-    written = []
-    if csv:
-        Path(csv).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(csv, index=False)
-        written.append(csv)
-        if reference:
-            ref_csv = str(Path(csv).with_name(Path(csv).stem + "_published.csv"))
-            tables.reference_frame(df).to_csv(ref_csv, index=False)
-            written.append(ref_csv)
-    if latex:
-        _write(latex, tables.to_latex(df, reference=reference))
-        written.append(latex)
-    return written
 
 
 def _run_dirs(paths) -> list[Path]:
@@ -53,15 +36,19 @@ def _run_dirs(paths) -> list[Path]:
 @click.group(context_settings=CONTEXT_SETTINGS)
 @verbose_option
 def cli() -> None:
-    """Evaluate trained runs: tables, plots, scoring a new video."""
+    """Evaluate trained runs: tables, figures, scoring a new video."""
 
 
 _table_options = [
-    click.option("--latex", type=click.Path(dir_okay=False), default=None, help="Also write LaTeX here."),
+    click.option("--long", "long_", is_flag=True,
+                 help="Print the long table (a row per selection protocol, L2, every note) instead of the "
+                      "compact one."),
+    click.option("--best-on-test", is_flag=True,
+                 help="Add the best epoch chosen ON THE TEST SET (labelled; optimistic by construction)."),
     click.option("--no-reference", "no_reference", is_flag=True,
-                 help="Leave out the block of published (end-to-end fine-tuned) numbers."),
+                 help="Leave out the published (end-to-end fine-tuned) numbers."),
     click.option("--n-boot", type=click.IntRange(min=1), default=1000, show_default=True,
-                 help="Bootstrap draws for the rho CIs."),
+                 help="Bootstrap draws for the rho intervals."),
     click.option("--boot-seed", type=int, default=0, show_default=True, help="Seed of the bootstrap."),
 ]
 
@@ -74,57 +61,126 @@ def _add(options):
     return deco
 
 
+def _tables(paths, *, n_boot, boot_seed, best_on_test, no_reference):
+    from evaluate.tables import build_table, find_runs
+
+    runs, skipped = find_runs(paths)
+    long = build_table(runs, n_boot=n_boot, seed=boot_seed, best_on_test=best_on_test)
+    if no_reference and len(long):
+        long = long.assign(published_rho=math.nan, published_RL2x100=math.nan, published_source="")
+    return runs, skipped, long, cpt.compact_frame(long, best_on_test=best_on_test)
+
+
+def _text(long, compact, skipped, *, n_boot, long_, reference) -> str:
+    parts = [cpt.long_markdown(long) if long_ else cpt.to_markdown(compact, n_boot=n_boot, reference=reference)]
+    if cpt.skipped_text(skipped):
+        parts.append(cpt.skipped_text(skipped))
+    return "\n\n".join(parts)
+
+
+def _write_tables(paths: dict, long, compact, text, *, n_boot, reference) -> list[Path]:
+    from evaluate.latex import to_latex
+
+    out = []
+    if paths.get("csv"):
+        out.append(write_csv(paths["csv"], long, "--csv"))
+        if reference:
+            out.append(write_csv(Path(paths["csv"]).with_name(Path(paths["csv"]).stem + "_published.csv"),
+                                 cpt.reference_frame(long), "--csv"))
+    if paths.get("markdown"):
+        out.append(write_text(paths["markdown"], text + "\n", "--markdown"))
+    if paths.get("latex"):
+        out.append(write_text(paths["latex"], to_latex(compact, n_boot=n_boot, reference=reference), "--latex"))
+    return out
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--csv", type=click.Path(dir_okay=False), default=None, help="Write the table as CSV here.")
+@click.option("--csv", type=click.Path(dir_okay=False), default=None, help="Write the long table as CSV here.")
+@click.option("--latex", type=click.Path(dir_okay=False), default=None,
+              help="Write the compact table as a LaTeX document (booktabs) here.")
+@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
+              help="Write the printed table (markdown) here.")
 @_add(_table_options)
 @verbose_option
-def table(runs, csv, latex, no_reference, n_boot, boot_seed):
+def table(runs, csv, latex, markdown, long_, best_on_test, no_reference, n_boot, boot_seed):
     """Result table of every run folder (a folder with summary.json) under RUNS."""
-    df, skipped = tables.results_table(runs, n_boot=n_boot, seed=boot_seed)
-    click.echo(tables.render(df, skipped, reference=not no_reference))
-    for w in _write_outputs(df, skipped, csv, latex, not no_reference):
-        click.echo(f"wrote {w}")
+    _, skipped, long, compact = _tables(runs, n_boot=n_boot, boot_seed=boot_seed, best_on_test=best_on_test,
+                                        no_reference=no_reference)
+    text = _text(long, compact, skipped, n_boot=n_boot, long_=long_, reference=not no_reference)
+    click.echo(text)
+    paths = {"csv": csv, "latex": latex, "markdown": markdown}
+    try:
+        if any(paths.values()):
+            refuse_empty(len(long), runs, skipped, [p for p in (csv,) if p])
+        for w in _write_tables(paths, long, compact, text, n_boot=n_boot, reference=not no_reference):
+            click.echo(f"wrote {w}")
+    except OutputError as e:
+        raise user_error(e) from None
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--dpi", type=click.IntRange(min=50, max=1200), default=300, show_default=True,
+              help="Resolution of the PNG files (a vector PDF is written beside each).")
 @verbose_option
-def plots(run_dirs):
-    """PNG plots (scatter, curves, leaves) into each RUN_DIR (or every run under it)."""
+def plots(run_dirs, dpi):
+    """Plots (scatter, curves, leaves; PNG + PDF) into each RUN_DIR (or every run under it)."""
     from evaluate.plots import plot_run
     dirs = _run_dirs(run_dirs)
     if not dirs:
         raise click.ClickException(f"no run folders (with summary.json or metrics.csv) under {', '.join(run_dirs)}")
     for d in dirs:
-        for p in plot_run(d):
+        problems: list[str] = []
+        for p in plot_run(d, dpi=dpi, problems=problems):
             click.echo(str(p))
+        for why in problems:
+            click.echo(f"{d}: not drawn: {why}")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("runs_root", type=click.Path(exists=True, file_okay=False))
-@click.option("--csv", type=click.Path(dir_okay=False), default=None,
-              help="CSV path [default: results.csv beside RUNS_ROOT, e.g. artifacts/results.csv].")
-@click.option("--no-plots", is_flag=True, help="Only the table.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for results.md/.tex/.csv, results_published.csv and the comparison figures "
+                   "[default: RUNS_ROOT itself, so the results follow the runs].")
+@click.option("--csv", type=click.Path(dir_okay=False), default=None, help="Long-table CSV [default: OUT/results.csv].")
+@click.option("--latex", type=click.Path(dir_okay=False), default=None, help="LaTeX [default: OUT/results.tex].")
+@click.option("--no-plots", is_flag=True, help="Only the tables: no run plots, no comparison figures.")
+@click.option("--dpi", type=click.IntRange(min=50, max=1200), default=300, show_default=True,
+              help="Resolution of the PNG files (a vector PDF is written beside each).")
 @_add(_table_options)
 @verbose_option
-def report(runs_root, csv, no_plots, latex, no_reference, n_boot, boot_seed):
-    """Everything `make eval` needs: table (markdown + CSV) and every run's plots."""
-    from evaluate.plots import plot_run
-    csv = csv or str(Path(runs_root).resolve().parent / "results.csv")
-    df, skipped = tables.results_table([runs_root], n_boot=n_boot, seed=boot_seed)
-    click.echo(tables.render(df, skipped, reference=not no_reference))
-    for w in _write_outputs(df, skipped, csv, latex, not no_reference):
+def report(runs_root, out_dir, csv, latex, no_plots, dpi, long_, best_on_test, no_reference, n_boot, boot_seed):
+    """Everything `make eval` needs: the compact table (printed, markdown, LaTeX), the long CSV, the
+    comparison figures and every run's plots, written beside the runs."""
+    paths = default_paths(runs_root, out_dir)
+    paths.update({k: Path(v) for k, v in (("csv", csv), ("latex", latex)) if v})
+    runs, skipped, long, compact = _tables([runs_root], n_boot=n_boot, boot_seed=boot_seed,
+                                           best_on_test=best_on_test, no_reference=no_reference)
+    text = _text(long, compact, skipped, n_boot=n_boot, long_=long_, reference=not no_reference)
+    click.echo(text)
+    try:
+        refuse_empty(len(long), [runs_root], skipped, [paths["csv"]])
+        written = _write_tables(paths, long, compact, text, n_boot=n_boot, reference=not no_reference)
+        if not no_plots:
+            from evaluate.figures import comparison_figures
+            written += comparison_figures(runs, long, paths["figures"], dpi=dpi)
+    except OutputError as e:
+        raise user_error(e) from None
+    click.echo("")
+    for w in written:
         click.echo(f"wrote {w}")
     if not no_plots:
-        runs, _ = tables.find_runs([runs_root])
+        from evaluate.plots import plot_run
         n = 0
-        click.echo("\nPlots:")
+        click.echo("Plots:")
         for r in runs:
-            made = plot_run(r.path)
+            problems: list[str] = []
+            made = plot_run(r.path, dpi=dpi, problems=problems)
             n += len(made)
-            click.echo(f"  {r.path}/: {' '.join(p.name for p in made)}")
-        click.echo(f"wrote {n} plots into {len(runs)} run folders under {runs_root}")
+            names = " ".join(dict.fromkeys(p.stem for p in made))
+            click.echo(f"  {r.path}/: {names or '(none)'}" + "".join(f"; not drawn: {w}" for w in problems))
+        click.echo(f"wrote {n} plot files (PNG {dpi} dpi + PDF) into {len(runs)} run folders under {runs_root}")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -138,23 +194,26 @@ def report(runs_root, csv, no_plots, latex, no_reference, n_boot, boot_seed):
 @click.option("--sampling", type=click.Choice(["even", "first"]), default="even", show_default=True,
               help="How T frames are taken from the clip: spread evenly over it, or the first T.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for drawing the exemplars.")
+@click.option("--model", type=click.Choice(["selected", "final"]), default="selected", show_default=True,
+              help="The run's validation-selected model (model_selected.pt) or its final epoch's (model_final.pt).")
 @click.option("--weights", default=None,
               help="Backbone weights source if the cache's (config) one is not loadable here; "
                    "its sha256 must still match the cache's.")
 @verbose_option
-def score(video, run_dir, difficulty, voters, as_json, device, sampling, seed, weights):
+def score(video, run_dir, difficulty, voters, as_json, device, sampling, seed, model, weights):
     """Score a new clip (video file or frame folder) with a trained run."""
     from evaluate.score import ScoreError, score_video
     try:
         res = score_video(video, run_dir, difficulty=difficulty, voters=voters, device=device,
-                          sampling=sampling, seed=seed, weights=weights)
+                          sampling=sampling, seed=seed, weights=weights, model=model)
     except ScoreError as e:             # a DeviceError reaches here as a ScoreError (score._device)
         raise user_error(e) from None
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
     dd = res["difficulty"] is not None
-    click.echo(f"predicted score: {res['score']:.3f}   ({res['head']} run {res['run']})")
+    click.echo(f"predicted score: {res['score']:.3f}   ({res['head']} run {res['run']}, "
+               f"{res.get('model', model)} model)")
     if res["exemplars"]:
         # for DD heads the difference is in completeness (score / difficulty), the head's target
         diff_head = "diff (compl.)" if dd else "pred diff"

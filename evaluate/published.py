@@ -1,11 +1,13 @@
-"""Published numbers (SPEC section 5), for a reference block printed *beside* our tables, never in them.
+"""Published numbers (SPEC section 5), shown beside ours in their own labelled columns, never mixed in.
 
-All of them come from end-to-end fine-tuned backbones (the paper's setting), not from this project's
-cached-feature runs, which freeze I3D and should be expected to score lower. Every row carries that
-label. RL2 is given x100 as published; NaN where a paper does not report it.
+All of them come from end-to-end fine-tuned backbones (the papers' setting), not from this project's
+cached-feature runs, which freeze I3D and should be expected to score lower; every row says so
+(``setting``). RL2 is given x100 as published; NaN where a paper does not report it. Each row names
+its source (``source``).
 
-    from evaluate.published import published_table
-    published_table(datasets={"aqa7"})   # pandas DataFrame
+    from evaluate.published import published_table, published_for
+    published_table(datasets={"aqa7"})          # pandas DataFrame of the rows
+    published_for("mtl_aqa", "mtl_aqa", "core_dd")   # (0.9512, 0.26, "Yu et al., ICCV 2021 (CoRe), Tables 1-2")
 """
 from __future__ import annotations
 
@@ -13,52 +15,61 @@ import math
 
 import pandas as pd
 
+from evaluate.names import method_name, split_head
+
 LABEL = "published, end-to-end fine-tuned; not ours"
+SETTING = "end-to-end fine-tuned"
 
 AQA7_CLASSES = ("diving", "gym_vault", "ski_big_air", "snowboard_big_air", "sync_diving_3m",
                 "sync_diving_10m")
 JIGSAWS_TASKS = ("Suturing", "Needle_Passing", "Knot_Tying")
 
+CORE = "Yu et al., ICCV 2021 (CoRe), Tables 1-2"
+CORE_PAPER = "Yu et al., ICCV 2021 (CoRe)"
+TANG = "Tang et al., CVPR 2020 (USDL/MUSDL)"
+BAI = "Bai et al., ECCV 2022 (TPT)"
+AQA7_AVG = "avg (Fisher z, 6 classes)"
+JIGSAWS_AVG = "avg (Fisher z, 3 tasks, 4-fold)"
+
 _NAN = math.nan
 
-# (dataset, class-or-average, method, rho, RL2 x100, note)
-_ROWS: list[tuple[str, str, str, float, float, str]] = [
-    ("aqa7", "avg (Fisher z, 6 classes)", "I3D+MLP", 0.7601, 3.20, "CoRe paper"),
-    ("aqa7", "avg (Fisher z, 6 classes)", "CoRe", 0.8401, 2.12,
-     "CoRe paper; its six per-class values give 0.8433"),
-    ("mtl_aqa", "mtl_aqa", "I3D+MLP", 0.9196, 0.465, "CoRe paper"),
-    ("mtl_aqa", "mtl_aqa", "I3D+MLP w/ DD", 0.9381, 0.394, "CoRe paper"),
-    ("mtl_aqa", "mtl_aqa", "CoRe", 0.9341, 0.365, "CoRe paper"),
-    ("mtl_aqa", "mtl_aqa", "CoRe w/ DD", 0.9512, 0.260, "CoRe paper"),
-    ("mtl_aqa", "mtl_aqa", "TPT", 0.9607, 0.238, "Bai et al. 2022"),
-    ("mtl_aqa", "mtl_aqa", "HGCN", 0.9463, 0.311, "context"),
-    ("mtl_aqa", "mtl_aqa", "MUSDL", 0.9273, 0.451, "context"),
-    ("jigsaws", "avg (Fisher z, 3 tasks, 4-fold)", "MUSDL", 0.70, _NAN, "context"),
-    ("jigsaws", "avg (Fisher z, 3 tasks, 4-fold)", "CoRe", 0.85, _NAN, "CoRe paper"),
+# (dataset, class-or-average, method, rho, RL2 x100, source, note)
+_ROWS: list[tuple[str, str, str, float, float, str, str]] = [
+    ("aqa7", AQA7_AVG, "I3D+MLP", 0.7601, 3.20, CORE, ""),
+    ("aqa7", AQA7_AVG, "CoRe", 0.8401, 2.12, CORE, "its six per-class values give 0.8433"),
+    ("mtl_aqa", "mtl_aqa", "I3D+MLP", 0.9196, 0.465, CORE, ""),
+    ("mtl_aqa", "mtl_aqa", "I3D+MLP w/ DD", 0.9381, 0.394, CORE, ""),
+    ("mtl_aqa", "mtl_aqa", "CoRe", 0.9341, 0.365, CORE, ""),
+    ("mtl_aqa", "mtl_aqa", "CoRe w/ DD", 0.9512, 0.260, CORE, ""),
+    ("mtl_aqa", "mtl_aqa", "MUSDL", 0.9273, 0.451, TANG, ""),
+    ("mtl_aqa", "mtl_aqa", "TPT", 0.9607, 0.238, BAI, "context"),
+    ("mtl_aqa", "mtl_aqa", "HGCN", 0.9463, 0.311, "source not recorded", "context"),
+    ("jigsaws", JIGSAWS_AVG, "MUSDL", 0.70, _NAN, TANG, ""),
+    ("jigsaws", JIGSAWS_AVG, "CoRe", 0.85, _NAN, CORE_PAPER, ""),
 ]
 
+# per-class AQA-7 rho (classes in AQA7_CLASSES order) and the paper's average
 _PER_CLASS = {
-    "USDL (Tang et al. 2020)": ((0.8099, 0.7570, 0.6538, 0.7109, 0.9166, 0.8878), 0.8102),
-    "CoRe": ((0.8824, 0.7746, 0.7115, 0.6624, 0.9442, 0.9078), 0.8401),
-    "TPT (Bai et al. 2022)": ((0.8969, 0.8043, 0.7336, 0.6965, 0.9456, 0.9545), 0.8715),
+    "USDL": ((0.8099, 0.7570, 0.6538, 0.7109, 0.9166, 0.8878), 0.8102, TANG),
+    "CoRe": ((0.8824, 0.7746, 0.7115, 0.6624, 0.9442, 0.9078), 0.8401, CORE),
+    "TPT": ((0.8969, 0.8043, 0.7336, 0.6965, 0.9456, 0.9545), 0.8715, BAI),
 }
-for _method, (_vals, _avg) in _PER_CLASS.items():
+for _method, (_vals, _avg, _src) in _PER_CLASS.items():
     for _cls, _v in zip(AQA7_CLASSES, _vals):
-        _ROWS.append(("aqa7", _cls, _method, _v, _NAN, "per-class rho"))
+        _ROWS.append(("aqa7", _cls, _method, _v, _NAN, _src, "per-class rho"))
     if _method != "CoRe":  # CoRe's average is already in the summary rows above
-        _ROWS.append(("aqa7", "avg (Fisher z, 6 classes)", _method, _avg, _NAN, "per-class table"))
+        _ROWS.append(("aqa7", AQA7_AVG, _method, _avg, _NAN, _src, "per-class table"))
 
-COLUMNS = ["dataset", "class/fold", "method", "rho", "RL2x100", "note", "source"]
+COLUMNS = ["dataset", "class/fold", "method", "rho", "RL2x100", "source", "note", "setting"]
 
 
 def published_table(datasets: set[str] | None = None) -> pd.DataFrame:
     """The reference rows as a DataFrame, restricted to `datasets` when given (and not empty).
 
     When none of `datasets` has published numbers (e.g. only the synthetic demo), the CoRe paper's own
-    headline rows are returned, so the block still shows what the paper's setting reaches without
-    burying a small table under every per-class reference number.
+    rows are returned, so that the file still shows what the paper's setting reaches.
     """
-    df = pd.DataFrame([r + (LABEL,) for r in _ROWS], columns=COLUMNS)
+    df = pd.DataFrame([r + (SETTING,) for r in _ROWS], columns=COLUMNS)
     # readable order: dataset, then method (first appearance), then classes in SPEC order, averages last
     methods = {m: i for i, m in enumerate(dict.fromkeys(df["method"]))}
     cls_rank = {c: i for i, c in enumerate(AQA7_CLASSES)}
@@ -67,5 +78,34 @@ def published_table(datasets: set[str] | None = None) -> pd.DataFrame:
     df = df.iloc[sorted(range(len(df)), key=key.__getitem__)]
     if datasets:
         sub = df[df["dataset"].isin(datasets)]
-        df = sub if len(sub) else df[df["note"].str.startswith("CoRe paper")]
+        df = sub if len(sub) else df[df["source"].str.startswith(CORE_PAPER)]
     return df.reset_index(drop=True)
+
+
+def _published_label(dataset: str, label: str) -> str | None:
+    """Our table's class/fold label -> the published rows' label, or None when nothing published is
+    comparable (an AQA-7 average over fewer than 6 classes, a JIGSAWS average other than 3 tasks x 4-fold)."""
+    label = str(label)
+    if dataset == "aqa7":
+        if label.startswith("avg"):
+            return AQA7_AVG if "6/6 classes" in label else None
+        return label if label in AQA7_CLASSES else None
+    if dataset == "mtl_aqa":
+        return "mtl_aqa" if label in ("mtl_aqa", "all", "") else None
+    if dataset == "jigsaws":
+        ok = label.startswith("avg") and "3 tasks x 4 4fold folds" in label
+        return JIGSAWS_AVG if ok else None
+    return None
+
+
+def published_for(dataset: str, label: str, head: str) -> tuple[float, float, str] | None:
+    """(rho, RL2x100, source) published for our head's method on this dataset and class/fold, or None.
+    A tag (sweep point, finetune) does not change the method: 'core+lr3' compares with CoRe."""
+    key = _published_label(dataset, label)
+    if key is None:
+        return None
+    method = method_name(split_head(head)[0])
+    for d, c, m, rho, rl2, src, _ in _ROWS:
+        if d == dataset and c == key and m == method:
+            return rho, rl2, src
+    return None

@@ -1,27 +1,30 @@
-"""Result tables from run folders (pandas), printed as markdown, written as CSV and LaTeX.
+"""The long result table of run folders (pandas): one row per (experiment, dataset, class-or-fold, head,
+selection protocol). It is the material of the compact table (evaluate.compact), of results.csv (a tidy
+table for tools) and of `python -m evaluate table --long`.
 
-    python -m evaluate table artifacts/runs [--csv artifacts/results.csv] [--latex out.tex] [--no-reference]
-
-A run folder is any folder holding ``summary.json`` (docs/ARCHITECTURE.md, "Run folder"). Runs are
-grouped into one row per (experiment, dataset, class-or-fold, head, selection protocol); the seeds of a
-group are its runs. "experiment" is the part of the run folder's path (relative to the path given on
-the command line) above the ``<dataset>/...`` folders, so that runs of a sweep kept in
-``runs/<sweep-name>/<dataset>/...`` are never pooled with other runs; it is empty for the standard layout.
+A run folder is any folder holding ``summary.json`` (docs/ARCHITECTURE.md, "Run folder"; found by
+evaluate.runs.find_runs). The seeds of a group are its runs. "experiment" is the part of the run
+folder's path (relative to the path given on the command line) above the ``<dataset>/...`` folders, so
+that runs of a sweep kept in ``runs/<sweep-name>/<dataset>/...`` are never pooled with other runs; it is
+empty for the standard layout.
 
 Protocols (SPEC section 7):
 - ``val-selected``: the epoch chosen on the validation split carved from training (``summary.selected``,
   predictions column ``pred``) -- the number to report;
 - ``final-epoch``: the last epoch (``summary.final``, column ``pred_final``);
-- ``best-epoch-on-test (selected on test!)``: the reference implementation's habit, shown only to
-  compare with it; it is chosen on the test set and is optimistic by construction. It has no stored
-  predictions, so no confidence interval.
+- ``best-epoch-on-test (selected on test!)``: only on request (``best_on_test=True``, CLI
+  ``--best-on-test``): the reference implementation's habit, chosen on the test set and optimistic by
+  construction; no stored predictions, so no confidence interval.
 
 Columns: ``rho`` (arithmetic mean over seeds of each seed's rho from summary.json), ``rho_std`` (sample
 std over seeds, NaN for one seed), ``rho_ci_lo``/``rho_ci_hi`` (95% percentile bootstrap over *test
 videos* of that seed-mean: each draw resamples the videos once and applies the draw to every seed, using
 predictions.csv; see evaluate.metrics.bootstrap_ci), ``L2`` and ``RL2x100`` (means over seeds), ``n_runs``
-(seeds), ``n_test`` (test videos), ``note``. A seed whose rho is undefined (constant predictions) makes
-the row's rho NaN and is named in the note, rather than being dropped.
+(seeds), ``n_test`` (test videos), ``method`` (the paper's name, evaluate.names), ``backbone`` ("frozen"
+for cached features, "fine-tuned"), ``selection`` (the runs' rule in words), ``published_*`` (the
+published number of the same method and dataset, evaluate.published), ``note``. A seed whose rho is
+undefined makes the row's rho NaN and is named in the note, rather than being dropped; a broken run
+(evaluate.runs) is named in the note with what is broken.
 
 Average rows: AQA-7 over its six classes and JIGSAWS over tasks (each task over its folds first, then
 all tasks x folds) with the Fisher-z mean of the member rows' rho (NaN propagates); RL2 and L2 are
@@ -30,146 +33,35 @@ member); the CI is a bootstrap stratified by member (every class's test videos r
 """
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from evaluate.metrics import bootstrap_ci_fisher, fisher_z_mean, spearman
-from evaluate.published import AQA7_CLASSES, JIGSAWS_TASKS, LABEL, published_table
-from train_head.runfolder import RunFolder, RunFolderError
+from evaluate.names import method_name
+from evaluate.published import AQA7_CLASSES, JIGSAWS_TASKS, published_for
+from evaluate.runs import Run, find_runs
 
-log = logging.getLogger(__name__)
+__all__ = ["PROTOCOLS", "SELECTED", "FINAL", "BEST_ON_TEST", "COLUMNS", "Run", "find_runs", "build_table",
+           "results_table"]
 
+SELECTED, FINAL, BEST_ON_TEST = "val-selected", "final-epoch", "best-epoch-on-test (selected on test!)"
 PROTOCOLS = {
     # protocol label -> (summary key, predictions.csv column or None)
-    "val-selected": ("selected", "pred"),
-    "final-epoch": ("final", "pred_final"),
-    "best-epoch-on-test (selected on test!)": ("best_on_test", None),
+    SELECTED: ("selected", "pred"),
+    FINAL: ("final", "pred_final"),
+    BEST_ON_TEST: ("best_on_test", None),
 }
-COLUMNS = ["experiment", "dataset", "class/fold", "head", "protocol", "rho", "rho_std", "rho_ci_lo",
-           "rho_ci_hi", "L2", "RL2x100", "n_runs", "n_test", "note"]
+COLUMNS = ["experiment", "dataset", "class/fold", "head", "method", "protocol", "rho", "rho_std", "rho_ci_lo",
+           "rho_ci_hi", "L2", "RL2x100", "n_runs", "n_test", "backbone", "selection", "published_rho",
+           "published_RL2x100", "published_source", "note"]
 # config keys that legitimately differ between the seeds of one experiment
 _SEED_KEYS = ("seed", "dir", "path", "out", "time", "created", "commit", "version", "host", "git", "device",
               "resumed")
-
-
-@dataclass
-class Run:
-    path: Path
-    summary: dict
-    config: dict
-    experiment: str
-    dataset: str
-    cls: str
-    fold: str | None
-    head: str
-    seed: int | str
-    protocol: str | None = None   # cross-validation protocol (JIGSAWS "4fold", "loso", "louo")
-    _pred: pd.DataFrame | None = field(default=None, repr=False)
-    _pred_loaded: bool = field(default=False, repr=False)
-
-    @property
-    def label(self) -> str:
-        """class-or-fold label: the class, or "<task> fold <k>" for cross-validation."""
-        if self.fold in (None, ""):
-            return self.cls
-        return f"{self.cls} {self.protocol} fold {self.fold}" if self.protocol else f"{self.cls} fold {self.fold}"
-
-    def predictions(self) -> pd.DataFrame | None:
-        if not self._pred_loaded:
-            self._pred_loaded = True
-            folder = RunFolder(self.path)
-            p = folder.file("predictions.csv")
-            if p.is_file():
-                try:
-                    df = folder.read_predictions()
-                    if {"video_id", "true"} <= set(df.columns):
-                        self._pred = df
-                    else:
-                        log.warning("%s lacks video_id/true columns; no CI for this run", p)
-                except (OSError, ValueError, pd.errors.ParserError) as e:
-                    log.warning("cannot read %s (%s); no CI for this run", p, e)
-        return self._pred
-
-
-def _experiment(path: Path, root: Path, dataset: str) -> str:
-    try:
-        parts = path.resolve().relative_to(root.resolve()).parts
-    except ValueError:
-        return ""
-    # the standard layout is <root>/<dataset>/<cls-or-fold>/<head>/seed<k>/: keep what is above <dataset>
-    for i in range(len(parts) - 1, -1, -1):
-        if parts[i] == dataset:
-            return "/".join(parts[:i])
-    return "/".join(parts[:-4]) if len(parts) > 4 else ""
-
-
-def _summary_problem(s: dict) -> str | None:
-    if s.get("complete") is not True:
-        return "summary.json says complete is not true (interrupted or still running)"
-    for key in ("dataset", "head", "selected", "final"):
-        if key not in s:
-            return f"summary.json lacks '{key}'"
-    for key in ("selected", "final"):
-        if not isinstance(s[key], dict) or "rho" not in s[key]:
-            return f"summary.json '{key}' has no rho"
-    return None
-
-
-def find_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple[str, str]]]:
-    """Every run folder under `paths` -> (complete runs, [(folder, why skipped), ...]).
-
-    A folder with summary.json is a run; one that has a run's other files (config.json, metrics.csv,
-    checkpoint.pt) but no summary.json is listed as skipped, as is one whose summary is not complete.
-    """
-    runs: list[Run] = []
-    skipped: list[tuple[str, str]] = []
-    for root in map(Path, paths):
-        if not root.exists():
-            skipped.append((str(root), "path does not exist"))
-            continue
-        for folder in RunFolder.find(root):
-            d = folder.path
-            if not folder.file("summary.json").is_file():
-                skipped.append((str(d), "no summary.json (still training, or crashed)"))
-                continue
-            try:
-                s = folder.read_json("summary.json")
-            except RunFolderError as e:
-                skipped.append((str(d), f"unreadable summary.json: {e}"))
-                continue
-            problem = _summary_problem(s)
-            if problem:
-                skipped.append((str(d), problem))
-                continue
-            try:
-                cfg = folder.read_json("config.json", required=False) or {}
-            except RunFolderError as e:
-                log.warning("%s", e)
-                cfg = {}
-            dataset = str(s["dataset"])
-            fold = s.get("fold")
-            runs.append(Run(path=d, summary=s, config=cfg, experiment=_experiment(d, root, dataset),
-                            dataset=dataset, cls=str(s.get("cls") or dataset),
-                            fold=None if fold in (None, "") else str(fold),
-                            # a sweep's tag is part of the model's name (the trainer's `<head>+<tag>` folder)
-                            head=str(s["head"]) + (f"+{s['tag']}" if s.get("tag") else ""),
-                            seed=s.get("seed", d.name), protocol=s.get("protocol") or None))
-    # the same folder reached from two given paths counts once
-    seen, unique = set(), []
-    for r in runs:
-        key = r.path.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(r)
-    return unique, skipped
 
 
 def _num(x) -> float:
@@ -200,6 +92,7 @@ class _Cell:
     n_test: int
     notes: list
     cls_fold: tuple = (None, None, None)   # (class or task, fold, protocol) of the runs, for the averages
+    info: dict | None = None               # _info of the runs
 
 
 def _cell(runs: list[Run], skey: str, pcol: str | None) -> _Cell:
@@ -212,7 +105,8 @@ def _cell(runs: list[Run], skey: str, pcol: str | None) -> _Cell:
         rl2s.append(_num(m.get("rl2")))
     undefined = [str(k) for k, v in rhos.items() if math.isnan(v)]
     if undefined:
-        notes.append(f"rho undefined (constant predictions?) for seed {', '.join(undefined)}")
+        notes.append(f"rho null or NaN in summary.json for seed {', '.join(undefined)} (constant "
+                     "predictions, or a broken run)")
     n_tests = {int(_num(r.summary.get("n_test"))) for r in runs if not math.isnan(_num(r.summary.get("n_test")))}
     item = None
     if pcol is not None:
@@ -244,6 +138,9 @@ def _cell(runs: list[Run], skey: str, pcol: str | None) -> _Cell:
                 n_tests = {len(f) for f in frames}
     if len(n_tests) > 1:
         notes.append(f"n_test differs between seeds: {sorted(n_tests)}")
+    for r in runs:                       # after predictions() ran: what is broken in each seed's folder
+        if r.problems:
+            notes.append(f"seed {r.seed} broken: {', '.join(r.problems)}")
     return _Cell(rhos, l2s, rl2s, item, max(n_tests) if n_tests else 0, notes)
 
 
@@ -257,11 +154,27 @@ def _mean(v: Sequence[float]) -> float:
     return float(a.mean()) if a.size else math.nan
 
 
-def _row(exp, dataset, label, head, proto, rho, rho_std, ci, l2, rl2, n_runs, n_test, notes) -> dict:
-    return {"experiment": exp, "dataset": dataset, "class/fold": label, "head": head, "protocol": proto,
+def _row(exp, dataset, label, head, proto, rho, rho_std, ci, l2, rl2, n_runs, n_test, notes,
+         info: dict) -> dict:
+    pub = published_for(dataset, label, head)
+    return {"experiment": exp, "dataset": dataset, "class/fold": label, "head": head,
+            "method": method_name(head), "protocol": proto,
             "rho": rho, "rho_std": rho_std, "rho_ci_lo": ci[0], "rho_ci_hi": ci[1], "L2": l2,
             "RL2x100": 100.0 * rl2 if not math.isnan(rl2) else math.nan, "n_runs": n_runs,
-            "n_test": n_test, "note": "; ".join(notes)}
+            "n_test": n_test, "backbone": info["backbone"], "selection": info["selection"],
+            "published_rho": pub[0] if pub else math.nan, "published_RL2x100": pub[1] if pub else math.nan,
+            "published_source": pub[2] if pub else "", "note": "; ".join(dict.fromkeys(notes))}
+
+
+def _info(runs: list[Run]) -> dict:
+    """What the seeds of a group share: backbone (frozen or fine-tuned) and the selection rule."""
+    modes = sorted({"fine-tuned" if r.mode == "finetune" else "frozen" for r in runs})
+    rules = sorted({str(r.summary.get("selection") or "not recorded") for r in runs})
+    return {"backbone": " + ".join(modes), "selection": " | ".join(rules)}
+
+
+def _merge_info(infos: list[dict]) -> dict:
+    return {k: " | ".join(dict.fromkeys(i[k] for i in infos)) for k in ("backbone", "selection")}
 
 
 def _average_row(exp, dataset, label, head, proto, members: list[tuple[str, _Cell]], *, n_boot, seed):
@@ -283,8 +196,12 @@ def _average_row(exp, dataset, label, head, proto, members: list[tuple[str, _Cel
             notes.append("no CI: a member lacks predictions")
     l2 = _mean([_mean(c.l2s) for c in cells])
     rl2 = _mean([_mean(c.rl2s) for c in cells])
+    broken = [n for n, c in members if any(" broken: " in x for x in c.notes)]
+    if broken:
+        notes.append(f"broken runs in {', '.join(broken)} (see those rows)")
     return _row(exp, dataset, label, head, proto, rho, _std(per_seed), ci, l2, rl2,
-                sum(len(c.rhos) for c in cells), sum(c.n_test for c in cells), notes)
+                sum(len(c.rhos) for c in cells), sum(c.n_test for c in cells), notes,
+                _merge_info([c.info for c in cells]))
 
 
 def _cls_order(dataset: str, label: str) -> tuple:
@@ -296,9 +213,12 @@ def _cls_order(dataset: str, label: str) -> tuple:
     return (0 if known else 1, order.index(base) if known else 0, int(" avg" in label), label)
 
 
-def build_table(runs: Iterable[Run], *, n_boot: int = 1000, seed: int = 0,
-                protocols: Sequence[str] = tuple(PROTOCOLS)) -> pd.DataFrame:
-    """One DataFrame row per (experiment, dataset, class-or-fold, head, protocol), plus average rows."""
+def build_table(runs: Iterable[Run], *, n_boot: int = 1000, seed: int = 0, best_on_test: bool = False,
+                protocols: Sequence[str] | None = None) -> pd.DataFrame:
+    """One DataFrame row per (experiment, dataset, class-or-fold, head, protocol), plus average rows.
+    Protocols: val-selected and final-epoch; best-epoch-on-test too only when `best_on_test`."""
+    if protocols is None:
+        protocols = (SELECTED, FINAL, BEST_ON_TEST) if best_on_test else (SELECTED, FINAL)
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
         groups.setdefault((r.experiment, r.dataset, r.label, r.head), []).append(r)
@@ -319,9 +239,13 @@ def build_table(runs: Iterable[Run], *, n_boot: int = 1000, seed: int = 0,
             if diff:
                 notes.append("configs of the seeds differ in: " + ", ".join(diff))
             ci = bootstrap_ci_fisher([c.item], n_boot=n_boot, seed=seed) if c.item else (math.nan, math.nan)
+            for w in dict.fromkeys(w for r in members for w in (r.summary.get("warnings") or [])
+                                   if isinstance(w, str)):
+                notes.append(w)
+            c.info = _info(members)
             rows.append(_row(exp, dataset, label, head, proto, _mean(list(c.rhos.values())),
                              _std(list(c.rhos.values())), ci, _mean(c.l2s), _mean(c.rl2s), len(members),
-                             c.n_test, notes))
+                             c.n_test, notes, c.info))
             c.cls_fold = (members[0].cls, members[0].fold, members[0].protocol)
             cells[(exp, dataset, label, head, proto)] = c
 
@@ -363,79 +287,8 @@ def build_table(runs: Iterable[Run], *, n_boot: int = 1000, seed: int = 0,
     return df
 
 
-def results_table(paths: Sequence[str | os.PathLike], *, n_boot: int = 1000, seed: int = 0
-                  ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+def results_table(paths: Sequence[str | os.PathLike], *, n_boot: int = 1000, seed: int = 0,
+                  best_on_test: bool = False) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """find_runs + build_table: (table, skipped)."""
     runs, skipped = find_runs(paths)
-    return build_table(runs, n_boot=n_boot, seed=seed), skipped
-
-
-def display_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """A copy for printing: numbers rounded, the CI as one "[lo, hi]" column, empty columns dropped."""
-    def f(x, nd):
-        return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
-    out = pd.DataFrame({
-        "experiment": df["experiment"], "dataset": df["dataset"], "class/fold": df["class/fold"],
-        "head": df["head"], "protocol": df["protocol"],
-        "rho": [f(x, 4) for x in df["rho"]],
-        "rho std": ["-" if math.isnan(x) else f(x, 4) for x in df["rho_std"]],   # one seed: no std
-        "rho 95% CI": [("[" + f(a, 3) + ", " + f(b, 3) + "]") if not (math.isnan(a) or math.isnan(b)) else "-"
-                       for a, b in zip(df["rho_ci_lo"], df["rho_ci_hi"])],
-        "L2": [f(x, 3) for x in df["L2"]], "RL2x100": [f(x, 3) for x in df["RL2x100"]],
-        "n_runs": df["n_runs"], "n_test": df["n_test"], "note": df["note"],
-    })
-    if not (out["experiment"] != "").any():
-        out = out.drop(columns="experiment")
-    if not (out["note"] != "").any():
-        out = out.drop(columns="note")
-    return out
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    if not len(df):
-        return "(no complete runs)"
-    return display_frame(df).to_markdown(index=False)
-
-
-def reference_frame(df: pd.DataFrame | None) -> pd.DataFrame:
-    datasets = set(df["dataset"]) if df is not None and len(df) else None
-    return published_table(datasets)
-
-
-def reference_markdown(df: pd.DataFrame | None) -> str:
-    ref = reference_frame(df).drop(columns="source")
-    ref["rho"] = [f"{x:.4g}" for x in ref["rho"]]
-    ref["RL2x100"] = ["-" if math.isnan(x) else f"{x:.4g}" for x in ref["RL2x100"]]
-    return (f"Reference ({LABEL}):\nThese fine-tune I3D end to end; runs on cached features keep the backbone "
-            "frozen and should be expected to score lower (SPEC section 6).\n\n" + ref.to_markdown(index=False))
-
-
-def skipped_text(skipped: list[tuple[str, str]]) -> str:
-    if not skipped:
-        return ""
-    return "Skipped (incomplete):\n" + "\n".join(f"- {p}: {why}" for p, why in skipped)
-
-
-def to_latex(df: pd.DataFrame, *, reference: bool = True) -> str:
-    """LaTeX for the table (and the reference block as a separate table when `reference`)."""
-    parts = [display_frame(df).to_latex(index=False, escape=True,
-                                        caption="Our runs (cached I3D features, frozen backbone)")]
-    if reference:
-        ref = reference_frame(df).drop(columns="source")
-        parts.append(ref.to_latex(index=False, escape=True, na_rep="-", float_format="%.4g",
-                                  caption=f"Reference ({LABEL})"))
-    return "\n".join(parts)
-
-
-def render(df: pd.DataFrame, skipped, *, reference: bool = True) -> str:
-    """What `python -m evaluate table` prints."""
-    text = [to_markdown(df)]
-    if len(df) and (df["protocol"] == "best-epoch-on-test (selected on test!)").any():
-        text.append("Rows marked 'selected on test!' choose the epoch on the test set; they are optimistic "
-                    "and only for comparison with the reference implementation. Report 'val-selected'.")
-    sk = skipped_text(skipped)
-    if sk:
-        text.append(sk)
-    if reference:
-        text.append(reference_markdown(df))
-    return "\n\n".join(text)
+    return build_table(runs, n_boot=n_boot, seed=seed, best_on_test=best_on_test), skipped

@@ -80,14 +80,18 @@ def test_tables_from_trained_runs(trained):
 def test_plots_from_trained_runs(trained):
     from PIL import Image
     run = trained / "aqa7" / "diving" / "core" / "seed0"
-    paths = plot_run(run)
-    assert sorted(p.name for p in paths) == ["curves.png", "leaves.png", "scatter.png"]
+    paths = plot_run(run, dpi=80)
+    assert sorted(p.name for p in paths if p.suffix == ".png") == ["curves.png", "leaves.png", "scatter.png"]
+    assert sorted(p.name for p in paths if p.suffix == ".pdf") == ["curves.pdf", "leaves.pdf", "scatter.pdf"]
     for p in paths:
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        with Image.open(p) as im:
-            im.verify()
-    assert [p.name for p in plot_run(trained / "jigsaws" / "Suturing-4fold-0" / "mlp" / "seed0")] == \
-        ["scatter.png", "curves.png"]
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            with Image.open(p) as im:
+                im.verify()
+        else:
+            assert p.read_bytes()[:5] == b"%PDF-"
+    assert [p.name for p in plot_run(trained / "jigsaws" / "Suturing-4fold-0" / "mlp" / "seed0", dpi=80)] == \
+        ["scatter.png", "scatter.pdf", "curves.png", "curves.pdf"]
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -205,6 +209,16 @@ def test_score_cli_text_and_json(scored):
     assert len(obj["exemplars"]) == 4 and set(obj["spread"]) == {"std", "min", "max"}
     r = CliRunner().invoke(cli, ["score", str(scored["video"]), "--run", str(scored["dd"]), "--device", "cpu"])
     assert r.exit_code != 0 and "--difficulty" in r.output and "Traceback" not in r.output
+    # --model final: the final epoch's model, which reproduces the trainer's pred_final (every voter votes)
+    r = CliRunner().invoke(cli, ["score", str(scored["video"]), "--run", str(scored["core"]), "--voters", "100",
+                                 "--json", "--device", "cpu", "--model", "final"])
+    assert r.exit_code == 0, r.output
+    obj = json.loads(r.output)
+    final = float(pd.read_csv(scored["core"] / "predictions.csv").set_index("video_id").loc["v00000", "pred_final"])
+    assert obj["model"] == "final" and obj["score"] == pytest.approx(final, abs=1e-3)
+    r = CliRunner().invoke(cli, ["score", str(scored["video"]), "--run", str(scored["core"]), "--device", "cpu",
+                                 "--model", "final"])
+    assert r.exit_code == 0 and "final model)" in r.output
 
 
 def test_score_frame_folder_and_short_clip(scored, tmp_path):

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from evaluate.__main__ import cli
@@ -37,6 +38,9 @@ def write_run(d, *, dataset="aqa7", cls="diving", fold=None, head="core", seed=0
                            "test_rho": t, "test_l2": 1.0, "test_rl2": 0.1}
                           for e, loss, v, t in ((0, 3.0, 0.1, 0.2), (1, 2.0, 0.4, 0.5), (2, 1.5, 0.3, 0.6))])
     folder.write_json("config.json", {"dataset": dataset, "head": head, "seed": seed, "lr": 1e-3})
+    tiny = {"w": torch.zeros(2)}                    # model files, so that the run is not reported broken
+    folder.save("model_selected.pt", tiny)
+    folder.save("model_final.pt", tiny)
     if tree:
         folder.write_json("groups.json", {"groups": [[-2, -1], [-1, 0], [0, 1], [1, 2]], "theta": 100,
                                           "n_clamped": 0})
@@ -89,9 +93,12 @@ def test_find_runs_lists_incomplete_as_skipped(runs):
 
 
 def test_table_rows_protocols_and_fisher_average(runs):
-    df, _ = results_table([runs], n_boot=50)
+    assert set(results_table([runs], n_boot=10)[0]["protocol"]) == {SEL, FIN}     # best-on-test on request
+    df, _ = results_table([runs], n_boot=50, best_on_test=True)
     # a row per class x head x protocol, plus averages
     assert set(df["protocol"]) == {SEL, FIN, BEST}
+    assert set(df[df["head"] == "core"]["method"]) == {"CoRe"} and set(df[df["head"] == "mlp"]["method"]) == {"I3D+MLP"}
+    assert (df["backbone"] == "frozen").all()
     d = _row(df, "diving")
     assert d["rho"] == pytest.approx(0.8824) and d["rho_std"] == pytest.approx(0.0)
     assert d["n_runs"] == 2 and d["n_test"] == 12
@@ -139,7 +146,7 @@ def test_constant_predictions_give_nan_not_zero(tmp_path):
     write_run(tmp_path / "r" / "aqa7" / "diving" / "core" / "seed1", seed=1, rho=0.5)
     df, _ = results_table([tmp_path / "r"], n_boot=30)
     row = _row(df, "diving")
-    assert math.isnan(row["rho"]) and "undefined" in row["note"]
+    assert math.isnan(row["rho"]) and "rho null or NaN in summary.json for seed 0" in row["note"]
 
 
 def test_summary_rho_is_checked_against_predictions(tmp_path):
@@ -173,20 +180,30 @@ def test_experiments_are_not_pooled(tmp_path):
 
 def test_cli_table_writes_csv_latex_and_keeps_reference_apart(runs, tmp_path):
     csv, tex = tmp_path / "out" / "results.csv", tmp_path / "out" / "results.tex"
-    res = CliRunner().invoke(cli, ["table", str(runs), "--csv", str(csv), "--latex", str(tex), "--n-boot", "30"])
+    md = tmp_path / "out" / "results.md"
+    res = CliRunner().invoke(cli, ["table", str(runs), "--csv", str(csv), "--latex", str(tex), "--markdown", str(md),
+                                   "--n-boot", "30"])
     assert res.exit_code == 0, res.output
     out = res.output
-    assert "selected on test!" in out and "published, end-to-end fine-tuned; not ours" in out
-    assert "Skipped (incomplete)" in out and "contrastive_mlp" in out
-    assert "| avg (Fisher z, 6/6 classes)" in out
-    ours = pd.read_csv(csv)
-    assert "USDL (Tang et al. 2020)" not in set(ours["head"]) and "method" not in ours.columns
+    assert "selected on test!" not in out                                # only on request
+    assert "| Avg. (Fisher z, 6/6 classes)" in out and "| CoRe " in out and "| I3D+MLP " in out
+    assert "[a] Yu et al., ICCV 2021 (CoRe), Tables 1-2 (published, end-to-end fine-tuned; not ours)" in out
+    assert "Not in the table" in out and "contrastive_mlp" in out
+    ours = pd.read_csv(csv)                                               # the tidy long table
+    assert set(ours["protocol"]) == {SEL, FIN} and set(ours["head"]) == {"core", "mlp"}
+    assert "USDL" not in set(ours["method"])                              # published rows stay apart
+    row = ours[(ours["class/fold"] == "diving") & (ours["head"] == "core") & (ours["protocol"] == SEL)].iloc[0]
+    assert row["published_rho"] == pytest.approx(0.8824) and row["published_source"].startswith("Yu et al.")
     ref = pd.read_csv(tmp_path / "out" / "results_published.csv")
-    assert (ref["source"] == "published, end-to-end fine-tuned; not ours").all()
+    assert (ref["setting"] == "end-to-end fine-tuned").all() and ref["source"].str.len().gt(0).all()
     assert set(ref["dataset"]) == {"aqa7", "jigsaws"}
-    assert "\\begin{tabular}" in tex.read_text() and "not ours" in tex.read_text()
-    res = CliRunner().invoke(cli, ["table", str(runs), "--no-reference", "--n-boot", "10"])
-    assert res.exit_code == 0 and "not ours" not in res.output
+    assert "\\begin{tabular}" in tex.read_text() and "\\toprule" in tex.read_text()
+    assert md.read_text().startswith("Spearman ρ on the test split")
+    res = CliRunner().invoke(cli, ["table", str(runs), "--no-reference", "--n-boot", "10", "--best-on-test"])
+    assert res.exit_code == 0 and "Published" not in res.output and "[a]" not in res.output
+    assert "ρ best epoch on test (selected on test!)" in res.output
+    res = CliRunner().invoke(cli, ["table", str(runs), "--long", "--n-boot", "10"])
+    assert res.exit_code == 0 and "| val-selected " in res.output and "| final-epoch " in res.output
 
 
 def _assert_png(p):
@@ -196,15 +213,22 @@ def _assert_png(p):
         im.verify()
 
 
+def _names(paths):
+    return sorted(p.name for p in paths)
+
+
 def test_plots_of_a_run(runs):
     run = runs / "aqa7" / "diving" / "core" / "seed0"
     paths = plot_run(run)
-    assert sorted(p.name for p in paths) == ["curves.png", "leaves.png", "scatter.png"]
+    assert _names(paths) == ["curves.pdf", "curves.png", "leaves.pdf", "leaves.png", "scatter.pdf", "scatter.png"]
     for p in paths:
         assert p.parent == run
-        _assert_png(p)
+        if p.suffix == ".png":
+            _assert_png(p)
+        else:
+            assert p.read_bytes()[:5] == b"%PDF-"
     mlp = plot_run(runs / "aqa7" / "diving" / "mlp" / "seed0")          # not a tree head: no leaves
-    assert sorted(p.name for p in mlp) == ["curves.png", "scatter.png"]
+    assert _names(mlp) == ["curves.pdf", "curves.png", "scatter.pdf", "scatter.png"]
 
 
 def test_cli_plots_and_report(tmp_path):
@@ -214,14 +238,17 @@ def test_cli_plots_and_report(tmp_path):
     (root / "aqa7" / "diving" / "contrastive_mlp" / "seed0").mkdir(parents=True)
     (root / "aqa7" / "diving" / "contrastive_mlp" / "seed0" / "metrics.csv").write_text("epoch\n")
     run = root / "aqa7" / "diving" / "core" / "seed0"
-    res = CliRunner().invoke(cli, ["plots", str(run)])
+    res = CliRunner().invoke(cli, ["plots", str(run), "--dpi", "60"])
     assert res.exit_code == 0, res.output
-    assert str(run / "scatter.png") in res.output
-    res = CliRunner().invoke(cli, ["report", str(root), "--n-boot", "10"])
+    assert str(run / "scatter.png") in res.output and str(run / "scatter.pdf") in res.output
+    res = CliRunner().invoke(cli, ["report", str(root), "--n-boot", "10", "--dpi", "60"])
     assert res.exit_code == 0, res.output
-    assert (root.parent / "results.csv").is_file()                       # beside RUNS_ROOT
-    assert "wrote 5 plots into 2 run folders" in res.output              # complete runs only
-    assert "Skipped (incomplete)" in res.output
+    for name in ("results.csv", "results.md", "results.tex", "results_published.csv", "comparison-aqa7.png",
+                 "comparison-aqa7.pdf"):
+        assert (root / name).is_file(), name                            # the results live with the runs
+    assert not (root.parent / "results.csv").exists()
+    assert "wrote 10 plot files (PNG 60 dpi + PDF) into 2 run folders" in res.output   # complete runs only
+    assert "Not in the table" in res.output
     _assert_png(root / "aqa7" / "diving" / "mlp" / "seed0" / "curves.png")
 
 
@@ -236,25 +263,26 @@ def test_scatter_plot_title_shows_the_run_and_its_rho(runs, monkeypatch):
     closed, real_close = [], plt.close
     monkeypatch.setattr(plots.plt, "close", lambda fig=None: closed.append(fig))
     run = runs / "aqa7" / "diving" / "core" / "seed0"
-    out = plots.plot_scatter(run, json.loads((run / "summary.json").read_text()))
+    made = plots.plot_scatter(run, json.loads((run / "summary.json").read_text()))
     monkeypatch.undo()
     try:
-        assert out == run / "scatter.png" and out.stat().st_size > 0
+        out = made[0]
+        assert made == [run / "scatter.png", run / "scatter.pdf"] and out.stat().st_size > 0
         _assert_png(out)
         with Image.open(out) as im:
-            assert im.size[0] > 100 and im.size[1] > 100
+            assert im.size == (1500, 1500)                                 # 5 x 5 inches at 300 dpi
             assert len(np.unique(np.asarray(im.convert("L")))) > 2        # something was drawn
-        assert len(closed) == 1
+        assert len(closed) == 1                                           # PNG and PDF of one figure
         fig = closed[0]
         title = fig.axes[0].get_title()
         p = pd.read_csv(run / "predictions.csv")
         rho = spearman(p["pred"], p["true"])
         assert math.isfinite(rho)
-        assert title.startswith("aqa7 / diving / core / seed 0\n"), title
-        assert f"rho = {rho:.4f}" in title and f"(n = {len(p)} test videos)" in title, title
+        assert title.startswith("AQA-7 · Diving · CoRe · seed 0\n"), title
+        assert f"ρ = {rho:.4f}" in title and f"(n = {len(p)} test videos)" in title, title
         legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-        assert f"val-selected (rho {rho:.4f})" in legend
-        assert f"final epoch (rho {spearman(p['pred_final'], p['true']):.4f})" in legend
+        assert f"val-selected model (ρ {rho:.4f})" in legend
+        assert f"final-epoch model (ρ {spearman(p['pred_final'], p['true']):.4f})" in legend
     finally:
         for f in closed:
             real_close(f)
