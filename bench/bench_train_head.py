@@ -1,26 +1,26 @@
-"""Benchmark stage two on a cache the size of MTL-AQA.
+"""Benchmark stage two: every head's default schedule on a cache the size of MTL-AQA.
 
-    .venv/bin/python bench/bench_train_head.py                 # default core_dd schedule, 200 epochs
-    .venv/bin/python bench/bench_train_head.py --epochs 20 --head core
+    .venv/bin/python -m bench.bench_train_head                        # every head, 200 epochs (make bench)
+    .venv/bin/python -m bench.bench_train_head --heads core_dd,musdl --epochs 20 --threads 2
 
-The cache (1412 videos x 15 views (1 test + 7 end-frame shifts x 2 flips) x 10 clips x 1024, random
-float16 features, about 430 MB) carries the real MTL-AQA final scores, difficulties and train/test
-split, read from the annotation pickles shipped in data/meta/ (restricted unpickler). It is written
-once to artifacts/bench/mtl_aqa_random.h5 and reused. The features are random, so the printed rho
-means nothing; the timings are the point. Target: the whole default core_dd run (200 epochs,
-validation and test every epoch with 10 voters, final test inference) under 150 s on a 2-core CPU.
+The cache has MTL-AQA's shape: 1412 videos x 15 views (the views the MTL-AQA extraction stores: the
+test view + end-frame shifts -3..3 x flip) x 10 clips x 1024, float16 (about 430 MB), with MTL-AQA's
+real labels (final scores, difficulties, the 7 judges' scores, the 1059/353 split) read from the
+annotation pickles shipped in data/meta/ (restricted unpickler). Its features are synthetic but
+learnable: each video's clips carry its completeness (score / difficulty) and difficulty along fixed
+random directions, plus per-view offsets and per-clip noise, so the printed rho says the run learned
+something (it is not a result on MTL-AQA). It is written once to artifacts/bench/mtl_aqa_learnable.h5.
 
-Measured 2026-11-26 on the shared 2-core AMD EPYC VM (another engineer's jobs running, see load):
-  before (commit e8da788), --threads 1, load ~4: training 421 s (2.1 s/epoch); 20 epochs back to back
-  with the "after" run below (load ~0.9): 1487 ms/epoch.
-  after, --threads 1, load ~1: 20 epochs 879 ms/epoch; the full 200 epochs 170-182 s (848-907 ms/epoch).
-  after, --threads 2, machine otherwise idle (load 0.97 before): 200 epochs 127.0 s (635 ms/epoch),
-  total 129.1 s. With a free second core 2 threads win; under contention 1 thread does.
-Per epoch (after, 1 thread): ~27 training steps of 64 pair rows (~18 ms each: fwd ~5, bwd ~9, fused Adam
-~2), validation + test inference of 5650 query-voter pairs (~250 ms), checkpoint.pt (40 MB, ~40-80 ms;
-`--checkpoint-every 10` saves most of it). Where the time went before: einsum permute copies in the
-tree, the full last split (half of the tree's work) for 16 leaves when one is needed, the first
-layer recomputed per pair at inference, fresh gradient buffers every step.
+Each head runs its default schedule: the preset `default_preset("mtl_aqa", head)` picks (dd heads:
+mtl_aqa_dd, usdl: mtl_aqa/usdl), 200 epochs, validation and test every epoch (10 voters for the pairwise
+heads), a checkpoint every 10 epochs, final test inference. Printed per head: the training time, the
+time per epoch, the process's CPU time (all threads; with --threads 1 less sensitive than the wall time
+to other jobs on the machine) and the final test rho. `--epochs k` runs k epochs instead; the time of
+200 epochs is then NOT measured (the table says which epochs ran).
+
+The numbers depend on the machine's load: the load average is printed with them. History (2-core AMD
+EPYC VM, torch 2.13.0 CPU): core_dd on random features, before the tree fast paths (commit e8da788) 2.1
+s/epoch at 1 thread under load ~4; after them 635 ms/epoch, 200 epochs 127.0 s at 2 threads (idle).
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__" and not __package__:
-    # Run as a file (`python bench/bench_train_head.py`, what `make bench` does): re-run as a module
-    # from the repository root so the project's packages import without editing sys.path.
+    # Run as a file (`python bench/bench_train_head.py`): re-run as a module from the repository root so
+    # the project's packages import without editing sys.path.
     os.chdir(ROOT)
     os.execv(sys.executable, [sys.executable, "-m", "bench.bench_train_head", *sys.argv[1:]])
 
@@ -42,8 +42,9 @@ import numpy as np  # noqa: E402
 
 from cache import VideoRecord, write_cache  # noqa: E402
 from data.safe_pickle import restricted_load  # noqa: E402
+
 META_DIRS = (ROOT / "data" / "meta" / "mtl_aqa", ROOT / "data" / "meta")
-CACHE = ROOT / "artifacts" / "bench" / "mtl_aqa_random.h5"
+CACHE = ROOT / "artifacts" / "bench" / "mtl_aqa_learnable.h5"
 
 
 def _meta(name: str) -> Path:
@@ -54,53 +55,77 @@ def _meta(name: str) -> Path:
 
 
 def mtl_aqa_labels():
-    """[(video_id, score, difficulty, split)] of the 1412 MTL-AQA samples."""
+    """[(video_id, score, difficulty, split, judge_scores)] of the 1412 MTL-AQA samples."""
     anno = restricted_load(_meta("final_annotations_dict_with_dive_number.pkl"))
     out = []
     for split, fname in (("train", "train_split_0.pkl"), ("test", "test_split_0.pkl")):
         for key in restricted_load(_meta(fname)):
             a = anno[tuple(key)]
+            judges = [float(j) for j in np.asarray(a["judge_scores"]).ravel()]
             out.append((f"{int(key[0]):02d}_{int(key[1]):02d}", float(a["final_score"]), float(a["difficulty"]),
-                        split))
+                        split, judges))
     return out
 
 
-def make_cache(path: Path, n_views: int = 15, n_clips: int = 10, dim: int = 1024, seed: int = 0) -> Path:
+def learnable_clips(completeness: float, difficulty: float, dirs: np.ndarray, view_off: np.ndarray,
+                    rng: np.random.Generator, n_clips: int, noise: float = 1.0) -> np.ndarray:
+    """(V, C, D) float16 features of one video: completeness (0..30 -> -1..1) along dirs[0], its square
+    along dirs[1], difficulty along dirs[2], per-view offsets and per-clip Gaussian noise."""
+    c = completeness / 15.0 - 1.0
+    base = 0.1 * (c * dirs[0] + 0.3 * c * c * dirs[1] + 0.5 * (difficulty - 3.0) * dirs[2])
+    V, D = view_off.shape
+    x = base + view_off[:, None, :] + noise * rng.standard_normal((V, n_clips, D), dtype=np.float32)
+    return x.astype(np.float16)
+
+
+def make_cache(path: Path, n_clips: int = 10, dim: int = 1024, seed: int = 0) -> Path:
+    from data.transforms import default_views
+
     labels = mtl_aqa_labels()
+    views = [v.to_dict() for v in default_views("mtl_aqa")]
     rng = np.random.default_rng(seed)
-    views = [{"name": "test", "shift": 0, "flip": False, "crop": "center", "role": "test"}]
-    views += [{"name": f"s{s:+d}{'_flip' if f else ''}", "shift": s, "flip": f, "crop": "random", "role": "train"}
-              for s in range(-3, 4) for f in (False, True)][: n_views - 1]
-    recs = [VideoRecord(i, vid, rng.standard_normal((n_views, n_clips, dim), dtype=np.float32).astype(np.float16),
-                        score, diff, split, "mtl_aqa")
-            for i, (vid, score, diff, split) in enumerate(labels)]
-    attrs = {"dataset": "mtl_aqa", "backbone": "i3d", "weights_source": "random", "weights_sha256": "random",
-             "normalization": "imagenet", "clip_rule": {"T": 103, "n_clips": n_clips, "clip_len": 16},
-             "frame_config": {}, "views": views, "code_version": "bench"}
+    dirs = rng.standard_normal((3, dim)).astype(np.float32)
+    view_off = 0.2 * rng.standard_normal((len(views), dim)).astype(np.float32)
+    recs = [VideoRecord(i, vid, learnable_clips(score / diff, diff, dirs, view_off, rng, n_clips),
+                        score, diff, split, "mtl_aqa", {}, {"judge_scores": judges})
+            for i, (vid, score, diff, split, judges) in enumerate(labels)]
+    attrs = {"dataset": "mtl_aqa", "backbone": "i3d", "weights_source": "synthetic-learnable",
+             "weights_sha256": "none", "normalization": "imagenet",
+             "clip_rule": {"T": 103, "n_clips": n_clips, "clip_len": 16}, "frame_config": {}, "views": views,
+             "code_version": "bench"}
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_cache(path, recs, [], attrs)
 
 
 def main() -> None:
+    from train_head.heads import HEADS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--head", default="core_dd")
+    ap.add_argument("--heads", default="all", help=f"comma-separated heads or 'all' ({', '.join(HEADS)})")
+    ap.add_argument("--head", default=None, help="one head (same as --heads HEAD)")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    ap.add_argument("--rebuild", action="store_true", help="rewrite the fake cache")
-    ap.add_argument("--cache", default=str(CACHE), help="fake cache path (written when missing)")
-    ap.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "runs"), help="run folder root "
-                    "(deleted first)")
-    ap.add_argument("--checkpoint-every", type=int, default=None,
-                    help="checkpoint.pt every k epochs (default: the config's default)")
+    ap.add_argument("--rebuild", action="store_true", help="rewrite the benchmark cache")
+    ap.add_argument("--cache", default=str(CACHE), help="benchmark cache path (written when missing)")
+    ap.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "runs"),
+                    help="run folder root (deleted first)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every head (e.g. checkpoint_every=200)")
     args = ap.parse_args()
+
+    import json
 
     import torch
 
-    from train_head.config import resolve_config
+    from train_head.config import parse_set_options, resolve_config
     from train_head.presets import default_preset
     from train_head.trainer import load_cache_data, train
 
+    heads = [args.head] if args.head else (list(HEADS) if args.heads == "all" else args.heads.split(","))
+    unknown = [h for h in heads if h not in HEADS]
+    if unknown:
+        raise SystemExit(f"unknown head(s) {unknown}; heads: {', '.join(HEADS)}")
     cache = Path(args.cache)
     if args.rebuild or not cache.is_file():
         t = time.perf_counter()
@@ -111,19 +136,22 @@ def main() -> None:
     t0 = time.perf_counter()
     load_cache_data(cache, "mtl_aqa")
     t_load = time.perf_counter() - t0
-    extra = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
-    cfg = resolve_config(default_preset("mtl_aqa", args.head), cache=str(cache), head=args.head,
-                         epochs=args.epochs, device=args.device, out=str(out), threads=args.threads, **extra)
-    t1 = time.perf_counter()
-    run = train(cfg, progress=False)
-    t_train = time.perf_counter() - t1
     print(f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, device {args.device}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"checkpoint every {cfg.checkpoint_every} epochs")
-    print(f"cache load + mean over clips: {t_load:.1f} s")
-    print(f"train {args.head}, {args.epochs} epochs (val+test every epoch, {cfg.voters} voters, batch "
-          f"{cfg.batch_size}): {t_train:.1f} s  ({t_train / args.epochs * 1000:.0f} ms/epoch)")
-    print(f"total (load + train): {t_load + t_train:.1f} s   run folder: {run}")
+          f"{os.cpu_count()} CPUs; cache load + mean over clips {t_load:.1f} s")
+    print(f"{'head':16s} {'preset':13s} {'epochs':>6s} {'train s':>8s} {'ms/epoch':>8s} {'CPU s':>7s} "
+          f"{'rho final':>9s} {'load before':>11s}")
+    overrides = parse_set_options(args.sets)
+    for head in heads:
+        preset = default_preset("mtl_aqa", head)
+        cfg = resolve_config(preset, cache=str(cache), head=head, epochs=args.epochs, device=args.device,
+                             out=str(out), threads=args.threads, **overrides)
+        load = os.getloadavg()[0]
+        t1, c1 = time.perf_counter(), time.process_time()
+        run = train(cfg, progress=False)
+        t_train, cpu = time.perf_counter() - t1, time.process_time() - c1
+        rho = json.loads((run / "summary.json").read_text())["final"]["rho"]
+        print(f"{head:16s} {preset:13s} {args.epochs:6d} {t_train:8.1f} {t_train / args.epochs * 1000:8.0f} "
+              f"{cpu:7.1f} {rho:9.3f} {load:11.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from cache.store import VideoRecord, write_cache
 from tests._cachefixture import DEFAULT_VIEWS, learnable_cache, learnable_features
 from train_head.config import resolve_config
 from train_head.heads import build_head
-from train_head.heads_sdl import counted_judges, gaussian_targets, judge_matrix
+from train_head.heads_sdl import counted_judges, gaussian_targets, judge_matrix, n_judges_of
 from train_head.protocol import TrainError
 from train_head.trainer import load_cache_data, train
 
@@ -120,6 +120,7 @@ def test_musdl_drops_highest_and_lowest_judges(awards, expect):
     torch.testing.assert_close(h.predict(f).target, torch.full((3,), expect))
     with pytest.raises(ValueError, match="odd number of judges"):
         build_head("musdl", n_judges=6)
+    assert n_judges_of(h.state_dict(), 8) == len(awards)
 
 
 def test_musdl_judges_are_independent_networks():

@@ -47,7 +47,7 @@ from torch import nn
 from train_head.head_base import Head, Prediction, mlp_layers, register_head
 from train_head.tree import NodeLinear
 
-__all__ = ["USDLHead", "MUSDLHead", "gaussian_targets", "judge_matrix", "counted_judges",
+__all__ = ["USDLHead", "MUSDLHead", "gaussian_targets", "judge_matrix", "counted_judges", "n_judges_of",
            "USDL_BINS", "JUDGE_BINS", "JUDGE_MAX", "SIGMA_BINS", "COUNTED_JUDGES", "PREDICTIONS"]
 
 USDL_BINS = 101            # bins over [0, theta]
@@ -91,6 +91,12 @@ def judge_matrix(extras: Sequence[Mapping]) -> np.ndarray | None:
         if v is not None:
             out[i, :v.size] = v
     return out
+
+
+def n_judges_of(state: Mapping[str, torch.Tensor], hidden: int) -> int:
+    """The number of judges a saved musdl state dict was trained with (its first layer is (D, J*hidden)),
+    for rebuilding the head from a run folder: ``build_head("musdl", ..., n_judges=n_judges_of(sd, H))``."""
+    return int(state["w1"].shape[1]) // int(hidden)
 
 
 class _DistributionHead(Head):
