@@ -28,19 +28,17 @@ import torch  # noqa: E402
 from data import get_dataset  # noqa: E402
 from data.synthetic import write_synthetic  # noqa: E402
 from data.transforms import FrameConfig, default_views  # noqa: E402
-from extract.pipeline import _ClipStream, default_workers, resolve_device, run_extraction  # noqa: E402
+from extract.feed import decoded_videos  # noqa: E402
+from extract.pipeline import default_workers, max_shift_of, resolve_device, run_extraction  # noqa: E402
 
 
 def decode_rate(ds, views, cfg, n_clips, workers, n_videos, half):
-    """Videos/s of decoding + view transforms alone (what feeds the GPU)."""
+    """Videos/s and clips/s of decoding alone (what the CPU does per video; views run on the device)."""
     items = list(enumerate(ds.samples()[:n_videos]))
-    stream = _ClipStream(ds, items, views, cfg, n_clips, strict=False, half=half)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
-                                         prefetch_factor=2 if workers else None)
     t0 = time.perf_counter()
-    clips = sum(len(x[3]) for x in loader if x[0] == "clips")
+    n = sum(1 for x in decoded_videos(ds, items, max_shift_of(views), workers=workers) if x[0] == "frames")
     dt = time.perf_counter() - t0
-    return len(items) / dt, clips / dt
+    return len(items) / dt, n * len(views) * n_clips / dt
 
 
 def one(ds, out, label, **kw):

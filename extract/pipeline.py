@@ -3,20 +3,29 @@
     python -m extract features --dataset synthetic --root artifacts/datasets/synthetic
     torchrun --nproc_per_node 4 -m extract features --dataset aqa7 --root /data/AQA-7   # one GPU per rank
 
-Per sample the frames are decoded ONCE (``read_frames(sample, max_shift=max |view.shift|)``) and every
-clip of every view is cut from them (``apply_view`` then ``cut_clips``): a (V, n_clips) grid of 16-frame
-clips. Decoding and the view transforms run in DataLoader workers; the main process gathers clips of
-several videos into batches of ``batch_clips`` and runs ``I3D.forward_features`` under
-``torch.inference_mode``. Results per video: float32 ``(V, n_clips, 1024)``, stored as float16.
+Per sample the frames are decoded ONCE (``read_frames(sample, max_shift=max |view.shift|)``), in decode
+workers (`extract.feed`: one item per video, delivered as soon as it is ready), and the uint8 frames go
+to the device once: views (resize, crop, flip), normalisation and clip cutting run there
+(`extract.views_device`; equal to ``apply_view`` + ``cut_clips``, bitwise for nearest resizing), giving a
+(V, n_clips) grid of 16-frame clips per video. Clips of several videos fill batches of ``batch_clips``
+for ``I3D`` under ``torch.inference_mode`` (`extract.runloop`). Results per video: float32 ``(V, n_clips,
+1024)``, stored as float16.
 
-Numerics by device:
-- CPU: float32 with batch norm folded into the convolutions (``load_i3d(fuse_bn=True)``). bfloat16 is
-  not used on CPU: on CPUs without native bf16 matrix units it is far slower than float32 (measured on
-  the 2-core reference machine at 64 px, 2 clips: autocast bf16 17x, bf16 weights 5x slower; 50-280x
-  has been seen at larger sizes), so ``precision`` is ignored there (with a warning).
-  float32 results depend on the batch composition and the thread count at the 1e-5 level (different
-  convolution algorithms), so two runs agree bitwise only with the same batches and threads.
-- CUDA: bfloat16 autocast (``precision="fp16"`` for float16, ``"fp32"`` for none), channels_last_3d.
+Numerics by device (batch norm is folded into the convolutions on every device):
+- CPU: float32, channels_last_3d weights. bfloat16 is not used on CPU: on CPUs without native bf16
+  matrix units it is far slower than float32 (measured on the 2-core reference machine at 64 px, 2
+  clips: autocast bf16 17x, bf16 weights 5x slower; 50-280x has been seen at larger sizes), so
+  ``precision`` is ignored there (with a warning). float32 results depend on the batch composition and
+  the thread count at the 1e-5 level (different convolution algorithms), so two runs agree bitwise only
+  with the same batches and threads (``workers=0``, the CPU default, keeps the dataset order).
+- CUDA: bfloat16 autocast (``precision="fp16"`` for float16, ``"fp32"`` for none), channels_last_3d
+  batches built on the GPU, ``cudnn.benchmark`` with one batch shape (the last batch is padded); the
+  final feature map is averaged in float32. Pinned staging buffers, a side stream for the copies,
+  asynchronous copy-back and part-file writes on their own thread (`extract.staging`).
+  ``deterministic=True`` (opt-in) sets ``CUBLAS_WORKSPACE_CONFIG``, deterministic algorithms and
+  in-order delivery instead of the autotuner. ``compile=True`` wraps the network in ``torch.compile``.
+- The cache records ``precision`` and ``device`` (the kind: cpu, cuda); resuming parts made with another
+  precision or device kind is refused (`check_part_numerics`), so one cache never mixes them.
 
 Crash safety and resume (see ``cache.store``): finished videos and failures go to atomic part files
 every ``part_every`` videos; a rerun skips finished videos (failed ones are retried), and at the end the
@@ -42,34 +51,30 @@ import contextlib
 import hashlib
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cache import store as cstore
-from data.transforms import FrameConfig, View, apply_view, clip_starts, cut_clips, shift_window
+from data.transforms import FrameConfig, View, clip_starts
 
 from . import dist
 from .devices import PRECISIONS, DeviceError, resolve_device  # noqa: F401  (re-exported)
+from .feed import default_workers  # noqa: F401  (re-exported)
+from .runloop import AMP as _AMP, Features, _forward, input_dtype, run_loop  # noqa: F401
+from .views_device import DeviceViews
 
 log = logging.getLogger(__name__)
 
 CLIP_LEN = 16
 BACKBONE = "i3d"
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ExtractError(RuntimeError):
     """A run that cannot produce a cache (every video failed, no samples): the message says what to check."""
-
-
-# ------------------------------------------------------------------------------------------ devices
-# the project's one device resolver lives in extract.devices; imported here for existing callers
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -87,42 +92,8 @@ def default_batch_clips(device: torch.device) -> int:
     return 128 if device.type == "cuda" else 16
 
 
-def default_workers(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-# ------------------------------------------------------------------------------------- clip cutting
 def max_shift_of(views: Sequence[View]) -> int:
     return max((abs(int(v.shift)) for v in views), default=0)
-
-
-def clip_grid(frames_uint8: np.ndarray, views: Sequence[View], frame_cfg: FrameConfig, n_clips: int,
-              n_frames: int | None = None) -> Iterator[np.ndarray]:
-    """Per view, float32 clips ``(n_clips, 3, 16, crop, crop)`` from ONE decoded array.
-
-    ``frames_uint8``: ``(T + 2*max_shift, H, W, 3)`` as ``read_frames(sample, max_shift)`` returns, with
-    ``max_shift = max |view.shift|`` (so T = len - 2*max_shift unless ``n_frames`` is given).
-    """
-    ms = max_shift_of(views)
-    t = n_frames if n_frames is not None else frames_uint8.shape[0] - 2 * ms
-    starts = clip_starts(t, n_clips, CLIP_LEN)
-    for view in views:
-        window = shift_window(frames_uint8, view.shift, ms, t) if ms else frames_uint8[:t]
-        yield cut_clips(apply_view(window, view, frame_cfg), starts, CLIP_LEN)
-
-
-def _forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
-    """``x (B, 3, 16, S, S)`` -> float32 ``(B, D)`` on the CPU."""
-    x = x.to(device, non_blocking=True)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        if precision in _AMP:
-            with torch.autocast("cuda", dtype=_AMP[precision]):
-                return model.forward_features(x).float().cpu()
-        return model.forward_features(x.float()).float().cpu()
-    return model.forward_features(x.float()).cpu()
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -144,41 +115,60 @@ def featurize_frames(model: torch.nn.Module, frames_uint8: np.ndarray, views: Se
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     bc = batch_clips or default_batch_clips(dev)
-    clips = torch.from_numpy(np.concatenate(list(clip_grid(frames_uint8, views, frame_cfg, n_clips))))
-    out = torch.cat([_forward(model, clips[i:i + bc], dev, prec) for i in range(0, len(clips), bc)])
-    return out.numpy().reshape(len(views), n_clips, -1)
+    t = frames_uint8.shape[0] - 2 * max_shift_of(views)
+    dv = DeviceViews(views, frame_cfg, t, n_clips, dev)
+    vc = dv.prepare(torch.from_numpy(np.ascontiguousarray(frames_uint8)).to(dev))
+    fmt = torch.channels_last_3d if dev.type == "cuda" else torch.contiguous_format
+    out = []
+    for lo in range(0, vc.n, bc):
+        hi = min(vc.n, lo + bc)
+        s = frame_cfg.crop
+        x = torch.empty((hi - lo, 3, CLIP_LEN, s, s), dtype=input_dtype(dev, prec), device=dev, memory_format=fmt)
+        vc.write(x, lo, hi)
+        out.append(_forward(model, x, dev, prec).cpu())
+    return torch.cat(out).numpy().reshape(len(views), n_clips, -1)
 
 
-# ------------------------------------------------------------------------------------ decode stream
-class _ClipStream(torch.utils.data.IterableDataset):
-    """Yields, per video of ``items`` (split between workers), either
-    ``("clips", index, view_index, tensor (n_clips, 3, 16, S, S))`` for every view, or
-    ``("fail", index, error)``. Frames are decoded once per video."""
+def check_part_numerics(out: Path, precision: str, device_kind: str) -> None:
+    """CacheMismatch when part files of an interrupted run were made with another precision or device
+    kind: resuming would mix bf16 and float32 features in one cache."""
+    for p in sorted(cstore.parts_dir(out).glob("part-*.h5")):
+        try:
+            import h5py
+            with h5py.File(p, "r") as h5:
+                attrs = cstore.decode_attrs(h5.attrs)
+        except OSError:
+            continue                          # unreadable parts are scan_parts' business
+        diffs = cstore.attr_differences(attrs, {"precision": precision, "device": device_kind})
+        if diffs:
+            was = f"{attrs.get('device', '?')} in {attrs.get('precision', '?')}"
+            raise cstore.CacheMismatch(cstore.mismatch_message(
+                f"Part file {p} (from an earlier, interrupted run)", diffs,
+                f"It was extracted on {was}, this run is {device_kind} in {precision}: one cache must not mix "
+                f"them. Resume with --device/--precision as before, or pass --force to discard "
+                f"{cstore.parts_dir(out)} and start again."), attribute=diffs[0][0])
 
-    def __init__(self, dataset, items: Sequence[tuple[int, Any]], views: Sequence[View], frame_cfg: FrameConfig,
-                 n_clips: int, strict: bool, half: bool):
-        self.dataset, self.items, self.views = dataset, list(items), list(views)
-        self.cfg, self.n_clips, self.strict, self.half = frame_cfg, n_clips, strict, half
-        self.max_shift = max_shift_of(views)
 
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        items = self.items if info is None else self.items[info.id::info.num_workers]
-        for index, sample in items:
-            # views are transformed one at a time (all of them at 224 px would be ~1.4 GB per worker);
-            # a failure after some views were sent makes the main process drop the partial video
-            try:
-                frames = self.dataset.read_frames(sample, max_shift=self.max_shift)
-                grid = clip_grid(frames, self.views, self.cfg, self.n_clips,
-                                 n_frames=frames.shape[0] - 2 * self.max_shift)
-                for v, clips in enumerate(grid):
-                    t = torch.from_numpy(clips)
-                    yield ("clips", index, v, t.half() if self.half else t)
-            except Exception as e:      # DataError, decode errors from PIL/av: record and go on
-                if self.strict:
-                    raise
-                yield ("fail", index, f"{type(e).__name__}: {e}")
-            frames = grid = None
+@contextlib.contextmanager
+def backend_flags(device: torch.device, deterministic: bool) -> Iterator[None]:
+    """CUDA: ``cudnn.benchmark`` (the autotuner) by default; ``deterministic``: deterministic algorithms
+    (with ``CUBLAS_WORKSPACE_CONFIG``, needed by cuBLAS) instead. Restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    prev = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        cudnn.benchmark, cudnn.deterministic = False, True
+        torch.use_deterministic_algorithms(True)
+    else:
+        cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = prev[0], prev[1]
+        torch.use_deterministic_algorithms(prev[2])
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -212,18 +202,13 @@ def video_list_sha256(video_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(video_ids).encode("utf-8")).hexdigest()
 
 
-def _sample_record(index: int, s, feats: np.ndarray) -> cstore.VideoRecord:
-    return cstore.VideoRecord(index, s.video_id, feats, float(s.score),
-                              None if s.difficulty is None else float(s.difficulty), str(s.split), str(s.cls),
-                              dict(s.folds), dict(s.extra))
-
-
 def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View], frame_cfg: FrameConfig,
                    n_clips: int = 10, weights: str | os.PathLike = "kinetics400", device: str = "auto",
                    batch_clips: int | None = None, workers: int | None = None, strict: bool = False,
                    max_videos: int | None = None, overwrite: bool = False, precision: str = "auto",
                    part_every: int = 8, dataset_options: Mapping[str, Any] | None = None,
-                   progress: bool = True) -> ExtractResult:
+                   progress: bool = True, deterministic: bool = False, compile: bool = False,
+                   decode_mode: str = "auto") -> ExtractResult:
     """`extract_dataset` returning an `ExtractResult` (counts and rates) instead of the path."""
     from .weights import load_i3d, weights_sha256
 
@@ -278,6 +263,7 @@ def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View
                 res.already_complete = True
                 return res
             cstore.scan_parts(out, identity, cleanup=False)
+            check_part_numerics(out, prec, dev.type)
         if info.is_main:
             if overwrite:
                 cstore.clear_outputs(out)
@@ -296,21 +282,26 @@ def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View
         per_video = len(views) * n_clips * 1024 * 2 + 4096
         cstore.check_free_space(out, len(todo) * per_video + n * per_video + 2 ** 20)
 
-        model = load_i3d(weights, device="cpu", fuse_bn=dev.type == "cpu")
-        model = prepare_model(model, dev)
+        # batch norm folded on every device (on CUDA it would be a separate pass over each map)
+        model = prepare_model(load_i3d(weights, device="cpu", fuse_bn=True), dev)
         feat_dim = int(getattr(model, "feature_dim", 1024))
+        net: torch.nn.Module = Features(model)
+        if compile:
+            net = torch.compile(net, dynamic=False)
         writer = cstore.PartWriter(out, attrs, (len(views), n_clips, feat_dim), rank=info.rank, every=part_every)
         try:
-            _loop(model, dataset, [(i, samples[i]) for i in mine], views, frame_cfg, n_clips, dev, prec,
-                  batch_clips or default_batch_clips(dev),
-                  default_workers(dev) if workers is None else workers, strict, writer, res,
-                  progress and info.is_main)
+            with backend_flags(dev, deterministic):
+                run_loop(net, dataset, [(i, samples[i]) for i in mine], views, frame_cfg, n_clips, dev, prec,
+                         batch_clips or default_batch_clips(dev),
+                         default_workers(dev) if workers is None else workers, strict, writer, res,
+                         progress and info.is_main, in_order=deterministic, decode_mode=decode_mode,
+                         forward=lambda m, x, d, p: _forward(m, x, d, p))   # looked up at call time
             writer.close()
         except BaseException:
             with contextlib.suppress(Exception):      # keep what is finished (Ctrl-C, --strict, a bad video)
                 writer.flush()                         # (after a failed write this fails again, quietly)
             raise
-        del model
+        del model, net
         dist.barrier(info)
         if info.is_main:
             st = cstore.scan_parts(out, identity, cleanup=False)
@@ -372,102 +363,10 @@ def extract_dataset(dataset, out_path: str | os.PathLike, *, views: Sequence[Vie
     up to 8 on CUDA). ``strict``: re-raise the first failing video instead of recording it.
     ``max_videos``: only the first N samples. Keyword extras: ``overwrite``, ``precision``
     ("auto"|"bf16"|"fp16"|"fp32", CUDA only), ``part_every`` (videos per part file),
-    ``dataset_options`` (recorded in the attrs), ``progress``.
+    ``dataset_options`` (recorded in the attrs), ``progress``, ``deterministic`` (CUDA: reproducible
+    algorithms instead of the autotuner; in-order delivery everywhere), ``compile`` (``torch.compile``),
+    ``decode_mode`` ("auto"|"processes"|"threads", `extract.feed`).
     """
     return run_extraction(dataset, out_path, views=views, frame_cfg=frame_cfg, n_clips=n_clips, weights=weights,
                           device=device, batch_clips=batch_clips, workers=workers, strict=strict,
                           max_videos=max_videos, **kwargs).path
-
-
-def _loop(model, dataset, items, views, frame_cfg, n_clips, dev, prec, batch_clips, workers, strict,
-          writer: cstore.PartWriter, res: ExtractResult, show: bool) -> None:
-    """Decode (workers) -> batch clips across videos -> forward -> per-video records -> part files."""
-    n_views = len(views)
-    per_video = n_views * n_clips
-    samples = dict(items)
-    stream = _ClipStream(dataset, items, views, frame_cfg, n_clips, strict, half=dev.type == "cuda" and prec in _AMP)
-    loader = torch.utils.data.DataLoader(
-        stream, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
-        prefetch_factor=2 if workers > 0 else None, persistent_workers=False)
-    slots: dict[int, np.ndarray] = {}
-    left: dict[int, int] = {}
-    pending: list[tuple[int, int, int, torch.Tensor]] = []   # (index, view, first clip, clips)
-    n_pending = 0
-    bar = tqdm(total=len(items), unit="video", disable=not show, dynamic_ncols=True, desc="extract")
-    t0 = time.perf_counter()
-
-    def fail(index: int, err: str) -> None:
-        vid = samples[index].video_id
-        slots.pop(index, None)
-        left.pop(index, None)
-        log.warning("%s failed: %s", vid, err)
-        writer.add_failure(cstore.FailureRecord(index, vid, err))
-        res.n_failed += 1
-        res.failures.append((vid, err))
-        bar.update(1)
-
-    def finish(index: int) -> None:
-        feats = slots[index]
-        with np.errstate(over="ignore"):
-            n_bad = feats.size - int(np.count_nonzero(np.isfinite(feats.astype(np.float16))))
-        if n_bad:       # checked before the part is written: a NaN/inf never reaches the cache
-            err = (f"non-finite features: {n_bad} of {feats.size} values are NaN/inf (or beyond float16's "
-                   f"range 65504); check the weights and this video's frames")
-            if strict:
-                raise ExtractError(f"{samples[index].video_id}: {err}")
-            fail(index, err)
-            return
-        writer.add(_sample_record(index, samples[index], slots.pop(index)))
-        del left[index]
-        res.n_done_now += 1
-        bar.update(1)
-
-    def run(take: int) -> None:
-        nonlocal n_pending
-        chunks, where, got = [], [], 0
-        while got < take:
-            idx, v, c0, t = pending[0]
-            k = min(len(t), take - got)
-            chunks.append(t[:k])
-            where.append((idx, v, c0, k))
-            if k == len(t):
-                pending.pop(0)
-            else:
-                pending[0] = (idx, v, c0 + k, t[k:])
-            got += k
-        feats = _forward(model, torch.cat(chunks) if len(chunks) > 1 else chunks[0], dev, prec).numpy()
-        n_pending -= got
-        res.n_clips += got
-        o = 0
-        for idx, v, c0, k in where:
-            o += k
-            if idx not in slots:          # the video failed after some of its views were queued
-                continue
-            slots[idx][v, c0:c0 + k] = feats[o - k:o]
-            left[idx] -= k
-            if left[idx] == 0:
-                finish(idx)
-        el = time.perf_counter() - t0
-        bar.set_postfix_str(f"{res.n_clips / el:.1f} clips/s, failed {res.n_failed}", refresh=False)
-
-    with torch.inference_mode():
-        for item in loader:
-            if item[0] == "fail":
-                _, idx, err = item
-                fail(idx, err)
-                continue
-            _, idx, v, clips = item
-            if idx not in slots:
-                slots[idx] = np.empty((n_views, n_clips, int(getattr(model, "feature_dim", 1024))), np.float32)
-                left[idx] = per_video
-            pending.append((idx, v, 0, clips))
-            n_pending += len(clips)
-            while n_pending >= batch_clips:
-                run(batch_clips)
-        if n_pending:
-            run(n_pending)
-    res.seconds = time.perf_counter() - t0
-    bar.close()
-    if res.n_failed:
-        log.warning("%d of %d videos failed (recorded in the cache's failed_id/failed_error)",
-                    res.n_failed, len(items))

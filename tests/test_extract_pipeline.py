@@ -151,21 +151,79 @@ def test_cli_help_and_default_out():
     assert p.name == "synthetic-i3d-random-test-only-r32x32-c32.h5"
 
 
-def test_failure_after_some_views_were_queued_drops_the_whole_video(root, full, tmp_path, monkeypatch):
+def test_a_video_failing_after_some_of_its_clips_ran_is_dropped_whole(root, full, tmp_path, monkeypatch):
+    """4 clips per video in batches of 3: the first video's last clip runs in the second batch; a NaN
+    there fails the whole video (its first 3 clips were already computed) and the others are kept."""
     import extract.pipeline as pipeline
-    real, calls = pipeline.apply_view, []
+    real, calls = pipeline._forward, []
 
-    def flaky(frames, view, cfg):
-        calls.append(view.name)
-        if len(calls) == 2:                  # the first video's second view
-            raise ValueError("simulated transform failure")
-        return real(frames, view, cfg)
-    monkeypatch.setattr(pipeline, "apply_view", flaky)
-    res = run_extraction(get_dataset("synthetic", root), tmp_path / "f.h5", **{**KW, "batch_clips": 1})
+    def forward(model, x, device, precision):
+        y = real(model, x, device, precision)
+        calls.append(len(x))
+        if len(calls) == 2:
+            y[0, 7] = float("nan")           # row 0 of batch 2 = clip 4 of the first video
+        return y
+    monkeypatch.setattr(pipeline, "_forward", forward)
+    res = run_extraction(get_dataset("synthetic", root), tmp_path / "f.h5", **{**KW, "batch_clips": 3})
     c = load_cache(tmp_path / "f.h5")
     first = full.video_ids[0]
-    assert res.n_failed == 1 and list(c.failed) == [first] and "simulated" in c.failed[first]
+    assert calls == [3, 3, 3, 3, 3, 1]                      # no padding on the CPU by default
+    assert res.n_failed == 1 and list(c.failed) == [first] and "non-finite" in c.failed[first]
     assert c.video_ids.tolist() == full.video_ids[1:].tolist()
     # other batches than the reference run: equal to float32 rounding, not bitwise (module docstring)
     np.testing.assert_allclose(c.features.astype(np.float32), full.features[1:].astype(np.float32),
                                rtol=1e-2, atol=1e-2)
+
+
+def test_frames_the_views_cannot_use_fail_that_video_only(root, full, tmp_path, monkeypatch):
+    from extract.views_device import DeviceViews
+    real = DeviceViews.check
+    seen = []
+
+    def check(self, shape):
+        seen.append(1)
+        if len(seen) == 2:
+            shape = (5,) + tuple(shape[1:])     # as if the reader returned 5 frames for the second video
+        return real(self, shape)
+    monkeypatch.setattr(DeviceViews, "check", check)
+    res = run_extraction(get_dataset("synthetic", root), tmp_path / "f.h5", **KW)
+    second = full.video_ids[1]
+    c = load_cache(tmp_path / "f.h5")
+    assert res.n_failed == 1 and list(c.failed) == [second] and "expected uint8 frames [103" in c.failed[second]
+    np.testing.assert_array_equal(c.features, full.features[np.arange(4) != 1])
+
+
+def test_padded_last_batch_keeps_one_shape_and_the_same_features(root, full, tmp_path, monkeypatch):
+    import functools
+
+    import extract.pipeline as pipeline
+    import extract.runloop as runloop
+    real, shapes = pipeline._forward, []
+
+    def forward(model, x, device, precision):
+        shapes.append(tuple(x.shape))
+        return real(model, x, device, precision)
+    monkeypatch.setattr(pipeline, "_forward", forward)
+    monkeypatch.setattr(pipeline, "run_loop", functools.partial(runloop.run_loop, pad_last=True))
+    run_extraction(get_dataset("synthetic", root), tmp_path / "f.h5", **{**KW, "batch_clips": 6})
+    assert len(shapes) == 3 and set(shapes) == {(6, 3, 16, 32, 32)}         # 16 clips: 6 + 6 + 4 padded to 6
+    c = load_cache(tmp_path / "f.h5")
+    np.testing.assert_allclose(c.features.astype(np.float32), full.features.astype(np.float32),
+                               rtol=1e-2, atol=1e-2)
+
+
+def test_resume_with_another_precision_or_device_kind_is_refused(root, tmp_path):
+    import h5py
+    out = tmp_path / "f.h5"
+    with pytest.raises(KeyboardInterrupt):
+        run_extraction(Counting(get_dataset("synthetic", root), stop_after=2), out, part_every=1, **KW)
+    parts = sorted(parts_dir(out).glob("part-*.h5"))
+    assert parts
+    with h5py.File(parts[0], "r+") as h5:
+        assert h5.attrs["precision"] == "fp32" and h5.attrs["device"] == "cpu"
+        h5.attrs["precision"], h5.attrs["device"] = "bf16", "cuda"      # as a GPU run would have left it
+    with pytest.raises(CacheMismatch, match="precision") as e:
+        run_extraction(get_dataset("synthetic", root), out, **KW)
+    assert "cuda in bf16" in str(e.value) and "--force" in str(e.value) and parts[0].exists()
+    res = run_extraction(get_dataset("synthetic", root), out, overwrite=True, **KW)
+    assert res.n_done_now == 4 and load_cache(out).attrs["precision"] == "fp32"
