@@ -144,6 +144,7 @@ def comparison_figures(runs: list[Run], long: pd.DataFrame, out_dir: str | Path,
                        ) -> list[Path]:
     """comparison-<dataset>[-<experiment>].png/.pdf in `out_dir` for every (experiment, dataset)."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     sel = long[long["protocol"] == SELECTED] if len(long) else long
     written: list[Path] = []
     for (exp, ds), rows in sel.groupby(["experiment", "dataset"], sort=False):

@@ -71,7 +71,7 @@ def table_body(compact: pd.DataFrame, *, n_boot: int, label: str = "tab:results"
     lines += [r"\bottomrule", r"\end{tabular}"]
     notes = source_lines(compact) + [x for x in (no_published_line(compact),) if x and reference]
     if notes:
-        lines += [r"\par\smallskip\footnotesize"] + [escape(n) + r"\\" for n in notes[:-1]] + [escape(notes[-1])]
+        lines += [r"\par\smallskip\footnotesize"] + [escape(n) + r"\par" for n in notes]
     lines.append(r"\end{table}")
     return "\n".join(lines)
 

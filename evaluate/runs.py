@@ -95,7 +95,10 @@ def _experiment(path: Path, root: Path, dataset: str) -> str:
         parts = path.resolve().relative_to(root.resolve()).parts
     except ValueError:
         return ""
-    # the standard layout is <root>/<dataset>/<cls-or-fold>/<head>/seed<k>/: keep what is above <dataset>
+    # the standard layout is <root>/[<experiment>/]<dataset>/<cls-or-fold>/<head>/seed<k>/ (RunFolder.layout):
+    # keep what is above <dataset> (a class folder may carry the dataset's name too: count from the run)
+    if len(parts) >= 4 and parts[-4] == dataset:
+        return "/".join(parts[:-4])
     for i in range(len(parts) - 1, -1, -1):
         if parts[i] == dataset:
             return "/".join(parts[:i])
