@@ -155,6 +155,21 @@ def score_from_awards(awards, difficulty: float) -> float:
     raise ValueError(f"no scoring rule for a panel of {len(a)} awards")
 
 
+def counted_awards(awards) -> list[float]:
+    """Three awards whose sum, times difficulty, is the dive score under the panel's rule: the middle 3 of
+    7, the 3 of a 3-award panel, and for a synchronised panel of 5 (sum x 0.6) three times their mean.
+    FineDiving's panels differ in size; these give every dive the same 3 "judges" for heads that learn
+    one distribution per judge (musdl), whose prediction is then their sum times difficulty."""
+    a = sorted(float(x) for x in awards)
+    if len(a) == 7:
+        return a[2:5]
+    if len(a) == 3:
+        return a
+    if len(a) == 5:
+        return [sum(a) / 5.0] * 3
+    raise ValueError(f"no scoring rule for a panel of {len(a)} awards")
+
+
 class FineDiving(Dataset):
     name = "finediving"
     n_frames = N_FRAMES
@@ -230,7 +245,8 @@ class FineDiving(Dataset):
                  "n_judges": len(awards) if awards else 0,
                  "judge_rule": JUDGE_RULES[len(awards)] if awards else None,
                  "judges_match_score": bool(awards)
-                 and abs(score_from_awards(awards, difficulty) - score) <= MATCH_TOL}
+                 and abs(score_from_awards(awards, difficulty) - score) <= MATCH_TOL,
+                 "counted_awards": counted_awards(awards) if awards else None}
         if isinstance(fine, dict) and "steps_transit_frames" in fine:
             extra["steps_transit_frames"] = [int(v) for v in np.asarray(fine["steps_transit_frames"]).ravel()]
             names = fine.get("sub-action_types") or {}

@@ -199,9 +199,16 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
             raise ScoreError(f"{run['dir']}/groups.json missing: a tree head needs its leaf intervals")
         groups = np.asarray(run["groups"]["groups"], dtype=np.float64)
     try:
+        state = run["folder"].load(f"model_{which}.pt")
+        hidden = int(cfg.get("hidden", 256))
+        # the options the run was built with (runs saved before `leaf_activation` existed had sigmoid leaves)
+        options = {"leaf_activation": cfg.get("leaf_activation", "sigmoid")} if head_cls.tree else {}
+        if head_cls.judges:
+            from train_head.heads_sdl import n_judges_of
+            options["n_judges"] = n_judges_of(state, hidden)
         head = build_head(head_name, feat_dim=int(pool_f.shape[1]), theta=float(cfg.get("theta", 100.0)),
-                          depth=int(cfg.get("depth", 5)), hidden=int(cfg.get("hidden", 256)), groups=groups)
-        head.load_state_dict(run["folder"].load(f"model_{which}.pt"))
+                          depth=int(cfg.get("depth", 5)), hidden=hidden, groups=groups, **options)
+        head.load_state_dict(state)
     except (RuntimeError, ValueError, OSError) as e:
         raise ScoreError(f"{run['dir']}/model_{which}.pt does not fit head {head_name!r} of config.json "
                          f"({e})") from None

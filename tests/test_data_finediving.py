@@ -254,3 +254,17 @@ def test_extract_and_train_end_to_end(tmp_path):
     summary = json.loads(next(runs.rglob("summary.json")).read_text())
     assert summary["complete"] and summary["dataset"] == "finediving" and summary["head"] == "core_dd"
     assert summary["n_test"] == 3 and np.isfinite(summary["selected"]["rl2"])
+    # every head trains on FineDiving with its preset; musdl learns the 3 awards that make each dive's score
+    # (panels of 7, 3 and 5 awards: data.finediving.counted_awards), so its score is their sum x difficulty
+    for e, s, d in zip(c.extra, c.scores, c.difficulty):
+        assert len(e["counted_awards"]) == 3
+        if e["judges_match_score"]:
+            assert abs(sum(e["counted_awards"]) * d - s) <= 0.015 * (1 + d)
+    for head in ("musdl", "usdl"):
+        r = CliRunner().invoke(train_cli, ["train", "--cache", str(cache), "--dataset", "finediving", "--head", head,
+                                           "--epochs", "2", "--out", str(runs), "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        run = runs / "finediving" / "all" / head / "seed0"
+        s = json.loads((run / "summary.json").read_text())
+        cfg = json.loads((run / "config.json").read_text())
+        assert s["complete"] and cfg["theta"] == (30.0 if head == "musdl" else 115.0)

@@ -20,7 +20,7 @@ from train_head.config import resolve_config
 from train_head.heads import HEADS, build_head
 from train_head.trainer import train
 
-DD_HEADS = sorted(n for n, c in HEADS.items() if c.dd)
+DD_HEADS = sorted(n for n, c in HEADS.items() if c.dd and not c.judges)   # musdl: tests/test_train_head_sdl.py
 SMALL = dict(depth=3, hidden=32, voters=4, batch_size=16, epochs=3, threads=1)
 
 

@@ -236,4 +236,4 @@ def test_presets_for_the_distribution_heads_and_the_reference_schedules():
         assert (cfg.batch_size, cfg.grad_accum) == (bs, 2), name
         assert cfg.replace(batch_size=plain.batch_size, grad_accum=plain.grad_accum) == plain, name
     assert sum(k.startswith("aqa7/") and k.endswith("/reference") for k in PRESETS) == 1 + 6   # + per class
-    assert not any("finediving" in k for k in PRESETS)
+    assert default_preset("finediving", "musdl") == "finediving_dd" and default_preset("finediving", "usdl") == "finediving"

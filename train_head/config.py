@@ -350,6 +350,7 @@ def parse_set_options(items: Iterable[str], kind: type = None) -> dict[str, str]
 def config_from_dict(d: Mapping[str, Any]):
     """Rebuild a config from a saved config.json (provenance keys are ignored; `mode` picks the class)."""
     kind = FinetuneConfig if d.get("mode") == "finetune" else RunConfig
+    d = {"leaf_activation": "sigmoid", **d}     # saved before the field existed: trees then had sigmoid leaves
     return kind(**{k: d[k] for k in kind.fields() if k in d})
 
 

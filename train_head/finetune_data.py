@@ -122,12 +122,15 @@ class Labels:
     split: np.ndarray
     cls: np.ndarray
     folds: tuple
+    judges: np.ndarray | None = None     # (N, J) judges' scores for heads that learn them (musdl)
 
 
 def labels_of(ds, samples) -> Labels:
+    from train_head.heads_sdl import judge_matrix
+
     return Labels(
         path=str(ds.root), video_ids=np.asarray([s.video_id for s in samples], dtype=str),
         scores=np.asarray([s.score for s in samples], dtype=np.float64),
         difficulty=np.asarray([np.nan if s.difficulty is None else s.difficulty for s in samples], np.float64),
         split=np.asarray([s.split for s in samples], dtype=str), cls=np.asarray([s.cls for s in samples], dtype=str),
-        folds=tuple(dict(s.folds) for s in samples))
+        folds=tuple(dict(s.folds) for s in samples), judges=judge_matrix([dict(s.extra) for s in samples]))

@@ -73,9 +73,11 @@ def counted_judges(n_judges: int) -> slice:
 
 def judge_matrix(extras: Sequence[Mapping]) -> np.ndarray | None:
     """(N, J) float64 judges' scores from each video's `extra["judge_scores"]` (the MTL-AQA reader's
-    key); J = the longest list, rows with fewer, unreadable or no scores are NaN-padded; None when no
-    video has any."""
-    rows = [e.get("judge_scores") if isinstance(e, Mapping) else None for e in extras]
+    key), or `extra["counted_awards"]` where a reader gives it (FineDiving: panels of 7, 5 and 3 awards
+    reduced to the 3 that make the score, data.finediving.counted_awards); J = the longest list, rows with
+    fewer, unreadable or no scores are NaN-padded; None when no video has any."""
+    rows = [(e.get("counted_awards") or e.get("judge_scores")) if isinstance(e, Mapping) else None
+            for e in extras]
     vals: list[np.ndarray | None] = []
     for r in rows:
         try:

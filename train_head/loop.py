@@ -153,7 +153,7 @@ def prepare(cfg, labels, dataset: str, folder: RunFolder, *, is_main: bool = Tru
     head_cls = HEADS[cfg.head]
     streams = Streams.from_seed(cfg.seed)
     unit = make_unit(labels, cfg, streams)
-    targets, d_tr = run_targets(head_cls, labels, unit)
+    targets, d_tr = run_targets(head_cls, labels, unit, theta=cfg.theta)
     try:
         groups, n_clamped, n_pairs = pool_groups(head_cls, targets, unit, d_tr, cfg.depth, cfg.theta)
     except TrainError as exc:
@@ -250,7 +250,7 @@ def run(task: Task, ctx: Context, folder: RunFolder, *, resume: bool, progress: 
         if evaluated:
             val_eval, test_eval = task.evaluators()
             vm, tm = val_eval.metrics(task.head), test_eval.metrics(task.head)
-            if len(unit.val) and math.isnan(vm["rho"]):
+            if len(unit.val) >= 2 and math.isnan(vm["rho"]):
                 log.warning("%s: epoch %d: validation rho is undefined (constant or non-finite predictions); "
                             "this epoch cannot be selected", folder.path, epoch)
         row.update({f"val_{k}": x for k, x in vm.items()})

@@ -63,6 +63,9 @@ def _build_presets() -> dict[str, dict[str, Any]]:
                 p[f"jigsaws/{t}/{proto}/{f}"] = {**p["jigsaws"], "cls": t, "protocol": proto, "fold": f}
     p["synthetic"] = {"dataset": "synthetic", "theta": 100.0, "head": "core"}
     p["csv"] = {"dataset": "csv", "theta": 100.0, "head": "core"}
+    # FineDiving (docs/FINEDIVING.md): training dive scores lie in 0..114.8; completeness <= 30 by the rules
+    p["finediving"] = {"dataset": "finediving", "theta": 115.0, "head": "core"}
+    p["finediving_dd"] = {"dataset": "finediving", "theta": 30.0, "head": "core_dd"}
     p["mtl_aqa/usdl"] = {**p["mtl_aqa"], "theta": MTL_AQA_MAX_SCORE, "head": "usdl"}
     for base, sched in ([("mtl_aqa", REFERENCE_SCHEDULE["mtl_aqa"]), ("mtl_aqa_dd", REFERENCE_SCHEDULE["mtl_aqa"]),
                          ("aqa7", REFERENCE_SCHEDULE["aqa7"])]
@@ -87,15 +90,16 @@ def get_preset(name: str) -> dict[str, Any]:
 
 def default_preset(dataset: str | None, head: str | None = None) -> str | None:
     """The preset to use when the user names only a dataset (and maybe a head): MTL-AQA with a dd
-    head (core_dd, mlp_dd, musdl) -> mtl_aqa_dd, with usdl -> mtl_aqa/usdl; unknown datasets -> no preset
+    head (core_dd, mlp_dd, musdl) -> mtl_aqa_dd (FineDiving: finediving_dd), with usdl -> mtl_aqa/usdl;
+    unknown datasets -> no preset
     (RunConfig defaults)."""
     from train_head.heads import HEADS
 
     if dataset is None:
         return None
-    if dataset == "mtl_aqa" and head is not None:
-        if head == "usdl":
+    if head is not None:
+        if dataset == "mtl_aqa" and head == "usdl":
             return "mtl_aqa/usdl"
-        if (HEADS[head].dd if head in HEADS else head.endswith("_dd")):
-            return "mtl_aqa_dd"
+        if f"{dataset}_dd" in PRESETS and (HEADS[head].dd if head in HEADS else head.endswith("_dd")):
+            return f"{dataset}_dd"          # mtl_aqa_dd, finediving_dd
     return dataset if dataset in PRESETS else None

@@ -214,6 +214,7 @@ def pool_groups(head_cls, targets: np.ndarray, unit: Unit, d_tr: np.ndarray | No
 NAN_METRICS = {"rho": math.nan, "l2": math.nan, "rl2": math.nan}
 SELECTION_RULE = "best validation rho, ties -> earliest epoch; test never used"
 NO_VAL_RULE = "no validation split (val_fraction=0): the final epoch"
+UNDEFINED_VAL_RULE = "validation rho undefined at every evaluation (too few or constant predictions): the final epoch"
 # below this many validation videos a selected epoch is mostly noise (Spearman rho of a handful of points)
 MIN_VAL_VIDEOS = 10
 
@@ -227,12 +228,16 @@ def small_validation(n_val: int) -> str | None:
 
 
 def update_best(best: Mapping[str, Any], epoch: int, rho: float, *, always: bool = False) -> dict | None:
-    """The new best-epoch record when validation rho `rho` of `epoch` beats `best` (the first evaluated
-    epoch always does; ties keep the earlier epoch; NaN never beats), else None. `always`: every call wins
-    (no validation set: the last evaluated epoch is selected)."""
+    """The new best-epoch record when validation rho `rho` of `epoch` beats `best`, else None: a defined
+    rho beats an undefined one and a smaller one (ties keep the earlier epoch); an undefined rho (NaN:
+    constant or non-finite predictions, or fewer than 2 validation videos) never beats a defined one, and
+    while no epoch has a defined rho the latest epoch is kept, so that a validation split that can rank
+    nothing ends in the final epoch, not in an arbitrary first one. `always`: every call wins (no
+    validation set: the last evaluated epoch is selected)."""
     prev = best["val_rho"]
-    if (best["epoch"] is None or always
-            or (not math.isnan(rho) and (prev is None or math.isnan(prev) or rho > prev))):
+    undefined_so_far = prev is None or math.isnan(prev)
+    if (best["epoch"] is None or always or (math.isnan(rho) and undefined_so_far)
+            or (not math.isnan(rho) and (undefined_so_far or rho > prev))):
         return {"epoch": epoch, "val_rho": None if math.isnan(rho) else rho}
     return None
 
@@ -266,9 +271,14 @@ def summary_record(cfg, labels, unit: Unit, dataset: str, rows: Sequence[dict], 
         "selected": block(sel_pred, sel_row), "final": block(fin_pred, fin_row),
         "best_on_test": nan_to_none({"epoch": bt["epoch"], "rho": bt["test_rho"], "l2": bt["test_l2"],
                                      "rl2": bt["test_rl2"]}),
-        "selection": SELECTION_RULE if len(unit.val) else NO_VAL_RULE,
+        "selection": (NO_VAL_RULE if not len(unit.val) else SELECTION_RULE if best["val_rho"] is not None
+                      else UNDEFINED_VAL_RULE),
         "n_train": int(len(unit.train)), "n_val": int(len(unit.val)), "n_test": int(len(unit.test)),
         "n_dropped_pairs": int(n_dropped_pairs), "n_clamped": n_clamped, "voters": voters,
+        "validation_carve": (f"{len(unit.val)} of {len(unit.train) + len(unit.val)} training videos held out for "
+                             f"selection (val_fraction={cfg.val_fraction}); leaf groups, pairs and exemplars come "
+                             f"from the other {len(unit.train)}; val_fraction=0 uses every training video, as "
+                             "the reference code does"),
         "warnings": [w for w in (small_validation(len(unit.val)),) if w],
     })
     summary.update(extra or {})
