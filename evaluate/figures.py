@@ -8,7 +8,7 @@ and method (colour), every seed's val-selected test rho as a small dot (the seed
 seeds as a large marker, and the bootstrap 95 % interval of that mean as an error bar (evaluate.tables;
 no bar where the interval is undefined). Right panel, "curves": validation rho (dashed) and test rho
 (solid) over epochs for each method, averaged over seeds (and over the classes/folds when there are
-several, said in the panel's title), with a band of ±1 std over those runs. Names: evaluate.names.
+several, said in the panel's title), with a band of ±1 std of test rho over those runs. Names: evaluate.names.
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def _curve_panel(ax, runs: list[Run], methods: list[str], colour: dict, n_units:
                 continue
             ep, mean, std = curves[col]
             ax.plot(ep, mean, ls=ls, color=colour[head], lw=1.3)
-            if np.isfinite(std).any():
+            if col == "test_rho" and np.isfinite(std).any():      # one band per method: test rho
                 ax.fill_between(ep, mean - std, mean + std, color=colour[head], alpha=0.12, lw=0)
     for head in methods:
         ax.plot([], [], "s", color=colour[head], label=method_name(head))
@@ -109,7 +109,7 @@ def _curve_panel(ax, runs: list[Run], methods: list[str], colour: dict, n_units:
     ax.set_xlabel("epoch")
     ax.set_ylabel("Spearman ρ")
     over = "seeds" if n_units == 1 else f"seeds and {n_units} classes/folds"
-    band = "band = ±1 std over runs" if n_runs > 1 else "one run each: no band"
+    band = "band = ±1 std of test ρ over runs" if n_runs > 1 else "one run each: no band"
     ax.set_title(f"validation and test ρ per epoch,\nmean over {over}; {band}", fontsize=9)
     ax.grid(alpha=0.3)
 
