@@ -78,19 +78,21 @@ def _text(long, compact, skipped, *, n_boot, long_, reference) -> str:
     return "\n\n".join(parts)
 
 
-def _write_tables(paths: dict, long, compact, text, *, n_boot, reference) -> list[Path]:
+def _write_tables(paths: dict, long, compact, text, *, n_boot, reference, options=None) -> list[Path]:
+    """Write the given outputs; `options` names the option to change when one cannot be written."""
     from evaluate.latex import to_latex
 
+    opt = {"csv": "--csv", "markdown": "--markdown", "latex": "--latex", **(options or {})}
     out = []
     if paths.get("csv"):
-        out.append(write_csv(paths["csv"], long, "--csv"))
+        out.append(write_csv(paths["csv"], long, opt["csv"]))
         if reference:
             out.append(write_csv(Path(paths["csv"]).with_name(Path(paths["csv"]).stem + "_published.csv"),
-                                 cpt.reference_frame(long), "--csv"))
+                                 cpt.reference_frame(long), opt["csv"]))
     if paths.get("markdown"):
-        out.append(write_text(paths["markdown"], text + "\n", "--markdown"))
+        out.append(write_text(paths["markdown"], text + "\n", opt["markdown"]))
     if paths.get("latex"):
-        out.append(write_text(paths["latex"], to_latex(compact, n_boot=n_boot, reference=reference), "--latex"))
+        out.append(write_text(paths["latex"], to_latex(compact, n_boot=n_boot, reference=reference), opt["latex"]))
     return out
 
 
@@ -161,10 +163,16 @@ def report(runs_root, out_dir, csv, latex, no_plots, dpi, long_, best_on_test, n
     click.echo(text)
     try:
         refuse_empty(len(long), [runs_root], skipped, [paths["csv"]])
-        written = _write_tables(paths, long, compact, text, n_boot=n_boot, reference=not no_reference)
+        written = _write_tables(paths, long, compact, text, n_boot=n_boot, reference=not no_reference,
+                                options={"csv": "--csv" if csv else "--out", "markdown": "--out",
+                                         "latex": "--latex" if latex else "--out"})
         if not no_plots:
             from evaluate.figures import comparison_figures
-            written += comparison_figures(runs, long, paths["figures"], dpi=dpi)
+            try:
+                written += comparison_figures(runs, long, paths["figures"], dpi=dpi)
+            except OSError as e:
+                raise OutputError(f"cannot write the comparison figures into {paths['figures']} "
+                                  f"({e.strerror or e}); choose another --out") from None
     except OutputError as e:
         raise user_error(e) from None
     click.echo("")

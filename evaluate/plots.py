@@ -199,7 +199,10 @@ def plot_run(run_dir, *, dpi: int = DPI, problems: list[str] | None = None) -> l
     found: list[str] = []
     out = []
     for fn in (plot_scatter, plot_curves, plot_leaves):
-        out += fn(run, summary, dpi=dpi, problems=found)
+        try:
+            out += fn(run, summary, dpi=dpi, problems=found)
+        except OSError as e:                 # a read-only or full run folder: say so, draw the others
+            found.append(f"{fn.__name__[5:]}: cannot write into {run} ({e.strerror or e})")
     for p in found:
         log.info("%s: %s", run, p)
     if problems is not None:

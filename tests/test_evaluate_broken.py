@@ -130,3 +130,21 @@ def test_make_eval_writes_beside_runs():
                        capture_output=True, text=True, timeout=60)
     line = [ln for ln in r.stdout.splitlines() if "evaluate report" in ln]
     assert line and line[0].split()[-1] == "/somewhere/my_runs", r.stdout     # no fixed artifacts/results.csv
+
+
+def test_unwritable_places_are_one_line(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    write_run(root / "aqa7" / "diving" / "core" / "seed0")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")                              # --out under a file: the folder cannot be made
+    res = _report(root, "--out", blocker / "sub")
+    assert res.exit_code == 1 and "choose another --out" in res.output and "Traceback" not in res.output
+    from evaluate import plots
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(plots.plt.Figure, "savefig", refuse)          # a read-only run folder
+    res = _report(root, "--out", tmp_path / "out")
+    assert res.exit_code == 1 and "cannot write the comparison figures" in res.output
+    made = plots.plot_run(root / "aqa7" / "diving" / "core" / "seed0", problems=(why := []))
+    assert made == [] and len(why) == 3 and all("Permission denied" in w for w in why)
