@@ -57,30 +57,30 @@ help:
 	@echo "  make demo-data   render the synthetic demo dataset into $(ART)/datasets/synthetic"
 	@echo "  make features    stage one: extract I3D features of DATASET (at DATA_ROOT) into FEATURES (HDF5)"
 	@echo "  make train       stage two: train HEAD on FEATURES, one run folder per unit and seed under RUNS"
-	@echo "  make eval        results table (markdown + CSV) and plots for every run under RUNS"
+	@echo "  make eval        compact results table + RUNS/results.{md,tex,csv}, comparison figures, per-run plots"
 	@echo "  make bench       speed benchmarks (extraction, head training)"
 	@echo "  make clean       remove what is cheap to rebuild: the demo data, demo features and demo runs"
 	@echo "                   ($(ART)/datasets/synthetic, $(ART)/features/synthetic-*, $(RUNS)/synthetic,"
-	@echo "                   $(ART)/results.csv); keeps other feature caches and runs, $(VENV) and the weights"
+	@echo "                   the results files in RUNS); keeps other feature caches and runs, $(VENV), the weights"
 	@echo "  make clean-features  remove EVERY feature cache in $(ART)/features (hours to re-extract on a CPU):"
 	@echo "                   lists them and asks first; CONFIRM=yes to skip the question"
 	@echo "  make help        this list"
 	@echo ""
 	@echo "Variables (current value):"
-	@echo "  DATASET=$(DATASET)      aqa7 | mtl_aqa | jigsaws | csv | synthetic"
+	@echo "  DATASET=$(DATASET)      aqa7 | mtl_aqa | jigsaws | finediving | csv | synthetic"
 	@echo "  DATA_ROOT=$(DATA_ROOT)  dataset folder (the CSV file for DATASET=csv; csv: pass it to make train too)"
 	@echo "  WEIGHTS=$(WEIGHTS)      kinetics400 | path to model_rgb.pth / rgb_imagenet.pt / converted .pt"
 	@echo "  DEVICE=$(DEVICE)        auto | cpu | cuda | cuda:N"
 	@echo "  FEATURES=$(or $(FEATURES),(run make setup first))"
 	@echo "           default: python -m extract cache-path (the name extract features gives without --out):"
 	@echo "           ART/features/DATASET-WEIGHTS.h5; for csv with the CSV file's stem and a hash of its path"
-	@echo "  HEAD=$(HEAD)            mlp | mlp_dd | contrastive_mlp | core | core_dd"
+	@echo "  HEAD=$(HEAD)            mlp | mlp_dd | contrastive_mlp | core | core_dd | usdl | musdl"
 	@echo "  HEADS=$(HEADS)      the heads make demo trains"
 	@echo "  SEEDS=$(SEEDS)          comma-separated seeds, e.g. 0,1,2"
 	@echo "  CLASS=$(CLASS)          AQA-7 class or 'all'; JIGSAWS task or 'all' (empty: preset default)"
 	@echo "  EPOCHS=$(EPOCHS)        override the preset's epoch count"
 	@echo "  RUNS=$(RUNS)            where run folders go"
-	@echo "  ART=$(ART)      where features, runs, the demo data and results.csv go"
+	@echo "  ART=$(ART)      where features, runs and the demo data go (results go beside the runs, in RUNS)"
 	@echo "  EXTRACT_ARGS, TRAIN_ARGS  extra options passed to python -m extract features / python -m train_head train"
 	@echo "  FRAME_ARGS=$(FRAME_ARGS)"
 	@echo "           frame/view options of make features (synthetic: DEMO_FRAME_ARGS DEMO_VIEW_ARGS)"
@@ -151,7 +151,8 @@ bench: setup
 
 # Only what `make demo` rebuilds in minutes. Real feature caches take hours to extract on a CPU: they go
 # only with the explicit `make clean-features`, which lists them and asks.
-DEMO_CLEAN = $(ART)/datasets/synthetic $(wildcard $(ART)/features/synthetic-*) $(RUNS)/synthetic $(ART)/results.csv
+DEMO_CLEAN = $(ART)/datasets/synthetic $(wildcard $(ART)/features/synthetic-*) $(RUNS)/synthetic $(ART)/results.csv \
+             $(wildcard $(RUNS)/results.* $(RUNS)/results_published.csv $(RUNS)/comparison-synthetic.*)
 
 clean:
 	rm -rf $(DEMO_CLEAN)

@@ -12,7 +12,7 @@
     timing.json       wall seconds                       checkpoint.pt      resume state
     model_selected.pt, model_final.pt                     head state dicts
     backbone_selected.pt, backbone_final.pt               fine-tuning only: I3D state dicts
-    scatter.png, curves.png, leaves.png                   written by `python -m evaluate plots`
+    scatter, curves, leaves (.png + .pdf)                 written by `python -m evaluate plots`
 
 State: "fresh" (nothing of a run), "resumable" (a checkpoint, no complete summary), "complete".
 Everything is written atomically (data.fileio), so a killed process leaves the previous version.
@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from data.fileio import atomic_path, atomic_torch_save, atomic_write_text, dump_json, git_state, jsonable
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_rho", "val_l2", "val_rl2", "test_rho", "test_l2", "test_rl2")
-PLOTS = ("scatter.png", "curves.png", "leaves.png")
+PLOTS = ("scatter.png", "curves.png", "leaves.png", "scatter.pdf", "curves.pdf", "leaves.pdf")
 FILES = ("config.json", "split.json", "metrics.csv", "predictions.csv", "groups.json", "leaf_counts.json",
          "summary.json", "timing.json", "checkpoint.pt", "model_selected.pt", "model_final.pt",
          "backbone_selected.pt", "backbone_final.pt") + PLOTS
