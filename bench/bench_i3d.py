@@ -1,7 +1,7 @@
 """Throughput of the I3D backbone: clips/s, FLOPs per clip and fraction of the machine's peak.
 
     .venv/bin/python -m bench.bench_i3d --threads 2          # CPU float32: unfused/fused x NCDHW/channels_last_3d
-    .venv/bin/python -m bench.bench_i3d --device cuda        # + bf16 autocast and channels_last_3d
+    .venv/bin/python -m bench.bench_i3d --device cuda        # the pipeline's forward per precision and batch
 
 FLOPs are counted analytically from the convolution shapes of one forward_features pass (2 FLOPs per
 multiply-add; pooling, batch norm and relu are not counted) and cross-checked with
@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from extract.i3d import I3D, Unit3D
+from extract.pipeline import Features, _forward, backend_flags, input_dtype, prepare_model
+from extract.weights import load_i3d
 
 
 def conv_flops_per_clip(model: I3D, frames: int, size: int) -> float:
@@ -69,6 +71,32 @@ def time_clips(model, x, iters: int, warmup: int, sync=lambda: None, autocast=No
     return x.shape[0] / times[len(times) // 2]
 
 
+def pipeline_net(dev: torch.device):
+    """The network exactly as `extract.pipeline.run_extraction` builds it (random weights)."""
+    return Features(prepare_model(load_i3d("random", device="cpu", fuse_bn=True), dev))
+
+
+def pipeline_input(batch: int, frames: int, size: int, dev: torch.device, prec: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, frames, size, size, generator=g).to(dev, input_dtype(dev, prec))
+    return x.contiguous(memory_format=torch.channels_last_3d) if dev.type == "cuda" else x
+
+
+def time_pipeline(net, x, dev, prec, iters: int, warmup: int, sync=lambda: None) -> float:
+    """clips/s of the pipeline's `_forward` (median of ``iters``)."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            _forward(net, x, dev, prec)
+        sync()
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            _forward(net, x, dev, prec)
+            sync()
+            times.append(time.perf_counter() - t0)
+    return x.shape[0] / sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -80,6 +108,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--peak-gflops", type=float, default=155.0, help="machine peak, GFLOP/s (float32 on CPU)")
     ap.add_argument("--skip-unfused-cl", action="store_true", help="CPU: skip the unfused channels_last_3d row")
+    ap.add_argument("--precisions", default="fp32,bf16,fp16", help="CUDA: precisions to time")
+    ap.add_argument("--batches", default="32,64,128", help="CUDA: batch sizes to time")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -117,36 +147,42 @@ def main() -> None:
         # what load_i3d(fuse_bn=True) gives on CPU: channels_last_3d weights, NCDHW input
         f_cl = copy.deepcopy(fused).to(memory_format=torch.channels_last_3d)
         report("cpu_fp32_fused_channels_last", time_clips(f_cl, x, args.iters, args.warmup), args.peak_gflops)
+        net = pipeline_net(torch.device("cpu"))
+        report("cpu_fp32_pipeline", time_pipeline(net, pipeline_input(batch, args.frames, args.size,
+                                                                       torch.device("cpu"), "fp32"),
+                                                  torch.device("cpu"), "fp32", args.iters, args.warmup),
+               args.peak_gflops)
         if not args.skip_unfused_cl:
             m_cl = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
             report("cpu_fp32_unfused_channels_last", time_clips(m_cl, x, args.iters, args.warmup),
                    args.peak_gflops)
     else:
         dev = torch.device(device)
-        torch.backends.cudnn.benchmark = True
         sync = torch.cuda.synchronize
         name = torch.cuda.get_device_name(dev)
         res["gpu"] = name
-        print(f"CUDA {name}, batch {batch}, median of {args.iters} (peak fraction not computed on GPU)")
-        x = torch.randn(batch, 3, args.frames, args.size, args.size, device=dev)
-        m_gpu, f_gpu = model.to(dev), fused.to(dev)
-        report("cuda_fp32_fused", time_clips(f_gpu, x, args.iters, args.warmup, sync), None)
-        report("cuda_bf16_unfused", time_clips(m_gpu, x, args.iters, args.warmup, sync, torch.bfloat16), None)
-        report("cuda_bf16_fused", time_clips(f_gpu, x, args.iters, args.warmup, sync, torch.bfloat16), None)
-        x_cl = x.contiguous(memory_format=torch.channels_last_3d)
-        f_cl = copy.deepcopy(f_gpu).to(memory_format=torch.channels_last_3d)
-        report("cuda_bf16_fused_channels_last", time_clips(f_cl, x_cl, args.iters, args.warmup, sync,
-                                                           torch.bfloat16), None)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-            a = f_gpu.forward_features(x[:4]).float()
-            b = f_cl.forward_features(x_cl[:4]).float()
-        with torch.inference_mode():
-            ref = f_gpu.forward_features(x[:4]).float()
-        res["bf16_rel_err_vs_fp32"] = float((a - ref).norm() / ref.norm())
-        res["channels_last_rel_err"] = float((b - a).norm() / a.norm())
-        print(f"bf16 vs fp32 relative error {res['bf16_rel_err_vs_fp32']:.2e}; channels_last vs default "
-              f"{res['channels_last_rel_err']:.2e}")
-        res["max_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        print(f"CUDA {name}: the pipeline's forward (BN folded, channels_last_3d, input in the autocast dtype, "
+              f"float32 mean), cudnn.benchmark, median of {args.iters}; peak memory per batch")
+        net = pipeline_net(dev)
+        ref = None
+        for prec in args.precisions.split(","):
+            for b in (int(v) for v in args.batches.split(",")):
+                x = pipeline_input(b, args.frames, args.size, dev, prec)
+                torch.cuda.reset_peak_memory_stats(dev)
+                with backend_flags(dev, False):
+                    cps = time_pipeline(net, x, dev, prec, args.iters, args.warmup, sync)
+                key = f"cuda_{prec}_b{b}"
+                report(key, cps, None)
+                res[key]["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+                print(f"{'':>33}peak memory {res[key]['peak_memory_gib']:.2f} GiB", flush=True)
+            with torch.inference_mode():
+                x = pipeline_input(4, args.frames, args.size, dev, prec, seed=1)
+                out = _forward(net, x, dev, prec).float()
+            if prec == "fp32":
+                ref = out
+            elif ref is not None:
+                res[f"{prec}_rel_err_vs_fp32"] = float((out - ref).norm() / ref.norm())
+                print(f"{prec} vs fp32 features: relative error {res[f'{prec}_rel_err_vs_fp32']:.2e}")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
 

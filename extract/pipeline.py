@@ -222,8 +222,11 @@ def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View
     if len({v.name for v in views}) != len(views):
         raise ValueError(f"view names must be unique: {[v.name for v in views]}")
     info = dist.dist_info()
-    dev = dist.rank_device(resolve_device(device), info)
-    info, started = dist.init(dev, info)
+    try:
+        dev = dist.rank_device(resolve_device(device), info)
+        info, started = dist.init(dev, info, backend="gloo")    # no GPU collectives: gloo on CUDA too
+    except dist.DistError as e:
+        raise ExtractError(str(e)) from None
     held = contextlib.ExitStack()
     try:
         _lock_output(out, info, held)
@@ -271,7 +274,7 @@ def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View
                 removed = cstore.remove_stale_tmp(out) + cstore.scan_parts(out, identity, cleanup=True).removed
                 if removed:
                     log.info("removed leftovers of an interrupted run: %s", ", ".join(removed))
-        dist.barrier(info)
+        dist.barrier(info, "cleaned", dist.collective_timeout())
         state = cstore.scan_parts(out, identity, cleanup=False)
         todo = [i for i in range(n) if i not in state.done]
         mine = dist.shard(todo, info)
@@ -302,7 +305,7 @@ def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View
                 writer.flush()                         # (after a failed write this fails again, quietly)
             raise
         del model, net
-        dist.barrier(info)
+        dist.barrier(info, "extracted")                 # the slowest rank's share; a failure ends it
         if info.is_main:
             st = cstore.scan_parts(out, identity, cleanup=False)
             if not st.done and st.failed:
@@ -312,8 +315,13 @@ def run_extraction(dataset, out_path: str | os.PathLike, *, views: Sequence[View
                     f"{first.video_id}: {first.error} (check --root and the dataset layout)")
             cstore.merge_parts(out, extra_attrs={"created": cstore.now_iso()}, labels=dict(enumerate(samples)))
             log.info("wrote %s: %d videos, %d failed", out, len(st.done), len(st.failed))
-        dist.barrier(info)
+        dist.barrier(info, "merged")
         return res
+    except dist.DistError as e:
+        raise ExtractError(str(e)) from None
+    except BaseException as e:
+        dist.report_failure(info, e)                    # the other ranks stop at their next barrier
+        raise
     finally:
         held.close()
         dist.finalize(started)

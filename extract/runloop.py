@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from cache import store as cstore
 
-from .feed import decoded_videos
+from .feed import _no_release, decoded_videos
 from .staging import BackgroundWriter, CopyBack, Stager
 from .views_device import CLIP_LEN, DeviceViews
 
@@ -165,15 +165,23 @@ def run_loop(model, dataset, items, views, frame_cfg, n_clips, dev, prec, batch_
                         raise item[3]
                     fail(item[1], item[2])
                     continue
-                _, idx, frames = item
+                _, idx, frames, release = item
                 try:
-                    vc = dv.prepare(stager.put(frames) if stager is not None else frames.to(dev))
+                    # the staging copy (or, on the CPU, a copy of a shared slot) frees the decoded frames
+                    if stager is not None:
+                        on_dev = stager.put(frames)
+                    elif dev.type == "cpu" and release is not _no_release:
+                        on_dev = frames.clone()
+                    else:
+                        on_dev = frames.to(dev)
+                    release()
+                    vc = dv.prepare(on_dev)
                 except ValueError as e:
                     if strict:
                         raise
                     fail(idx, f"{type(e).__name__}: {e}")
                     continue
-                frames = None
+                frames = on_dev = None
                 slots[idx] = np.empty((len(views), n_clips, feat_dim), np.float32)
                 left[idx] = per_video
                 queue.append([idx, vc, 0])

@@ -33,8 +33,11 @@ def _grow(n: int) -> int:
 class Stager:
     """``put(frames)``: uint8 host tensor -> the same values on ``device``, ready on the current stream."""
 
-    def __init__(self, device: torch.device | str, slots: int = 2, pin: bool | None = None):
+    def __init__(self, device: torch.device | str, slots: int = 2, pin: bool | None = None, keep: bool = True):
         self.device = torch.device(device)
+        # CPU: keep=True returns a copy the caller may keep; keep=False a view of the ring buffer, valid
+        # until its slot is refilled (only the host's work of the GPU path: what bench_feed measures)
+        self.keep = keep
         self.cuda = self.device.type == "cuda"
         self.pin = self.cuda if pin is None else bool(pin)
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
@@ -56,7 +59,7 @@ class Stager:
         host = buf[:n].view(frames.shape)
         host.copy_(frames)
         if not self.cuda:
-            return host.clone()                   # a tensor of its own: the buffer is refilled later
+            return host.clone() if self.keep else host   # clone: the buffer is refilled later
         with torch.cuda.stream(self.stream):
             dev = torch.empty(frames.shape, dtype=frames.dtype, device=self.device)
             dev.copy_(host, non_blocking=True)

@@ -101,11 +101,22 @@ def test_a_slow_video_does_not_hold_back_the_others_unless_in_order(mode):
     assert order == list(range(6))
 
 
+def test_process_feed_reuses_its_shared_slots_once_released():
+    items = [(i, i) for i in range(14)]
+    ptrs = []
+    for g in decoded_videos(Frames(14), items, 0, workers=2, mode="processes"):
+        assert g[0] == "frames" and bool((g[2] == g[1]).all())
+        ptrs.append(g[2].data_ptr())
+        g[3]()
+        g[3]()                                        # releasing twice frees the slot once
+    assert len(set(ptrs[1:])) <= 5                    # the first video is decoded in place; 2 + 1 + 2 slots
+
+
 def test_mode_from_shared_memory_and_workers_from_affinity(monkeypatch, caplog):
     assert choose_mode("auto", 7, 40 * 2**20, free=1 << 40) == "processes"
     with caplog.at_level(logging.WARNING):
         assert choose_mode("auto", 7, 40 * 2**20, free=64 * 2**20) == "threads"
-    assert "shm-size" in caplog.text and "360 MiB" in caplog.text
+    assert "shm-size" in caplog.text and "500 MiB" in caplog.text and "10 slots of 50.0 MiB" in caplog.text
     assert choose_mode("processes", 7, 1 << 30, free=0) == "processes"
     with pytest.raises(ValueError, match="decode mode"):
         choose_mode("fibers", 1, 1)

@@ -227,3 +227,13 @@ def test_resume_with_another_precision_or_device_kind_is_refused(root, tmp_path)
     assert "cuda in bf16" in str(e.value) and "--force" in str(e.value) and parts[0].exists()
     res = run_extraction(get_dataset("synthetic", root), out, overwrite=True, **KW)
     assert res.n_done_now == 4 and load_cache(out).attrs["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("mode", ["processes", "threads"])
+def test_decode_workers_deliver_the_same_features(root, full, tmp_path, mode):
+    # batch_clips 4 = one whole video per batch, so the batches hold the same clips whatever the order in
+    # which the workers deliver the videos: bitwise equal to the in-process run
+    res = run_extraction(get_dataset("synthetic", root), tmp_path / "f.h5", decode_mode=mode, **{**KW, "workers": 2})
+    c = load_cache(tmp_path / "f.h5")
+    assert res.n_done_now == 4 and c.video_ids.tolist() == full.video_ids.tolist()
+    np.testing.assert_array_equal(c.features, full.features)
