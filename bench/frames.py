@@ -83,4 +83,29 @@ class BenchFrames:
         return read_images(paths)
 
 
-__all__ = ["write_frames", "BenchFrames", "mean_frame_kb", "WIDTH", "HEIGHT"]
+def write_csv(root: str | Path, n_videos: int, n_distinct: int = 6) -> Path:
+    """A `csv` dataset of ``n_videos`` frame folders for `python -m extract features --dataset csv`:
+    ``root/frames`` (the distinct folders) and ``root/videos/v0000 -> ../frames/vNN`` (symbolic links, so
+    that every row is its own video id); returns the CSV path."""
+    root = Path(root)
+    frames = write_frames(root / "frames", n_distinct)
+    vids = root / "videos"
+    vids.mkdir(parents=True, exist_ok=True)
+    lines = ["video,score,split"]
+    for i in range(n_videos):
+        link = vids / f"v{i:05d}"
+        if not link.exists():
+            link.symlink_to(Path("..") / "frames" / f"v{i % n_distinct:02d}", target_is_directory=True)
+        lines.append(f"videos/v{i:05d},{(i * 7) % 100},{'test' if i % 4 == 0 else 'train'}")
+    del frames
+    csv = root / "bench.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    return csv
+
+
+__all__ = ["write_frames", "write_csv", "BenchFrames", "mean_frame_kb", "WIDTH", "HEIGHT"]
+
+
+if __name__ == "__main__":         # python -m bench.frames OUT_DIR N_VIDEOS  -> prints the CSV path
+    import sys
+    print(write_csv(sys.argv[1], int(sys.argv[2])))

@@ -237,3 +237,38 @@ def test_decode_workers_deliver_the_same_features(root, full, tmp_path, mode):
     c = load_cache(tmp_path / "f.h5")
     assert res.n_done_now == 4 and c.video_ids.tolist() == full.video_ids.tolist()
     np.testing.assert_array_equal(c.features, full.features)
+
+
+# ------------------------------------------------------------------------------------------------ CUDA
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _rel(a, b):
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_features_match_the_cpu_fp32_and_bf16(root, full, tmp_path):
+    # tolerances (relative, whole array): fp32 on CUDA uses TF32 convolutions (10-bit mantissa), bf16 has 8
+    # bits; the CPU reference is float32 stored as float16
+    for prec, tol in (("fp32", 5e-3), ("bf16", 3e-2)):
+        res = run_extraction(get_dataset("synthetic", root), tmp_path / f"{prec}.h5",
+                             **{**KW, "device": "cuda", "precision": prec})
+        c = load_cache(tmp_path / f"{prec}.h5")
+        assert res.precision == prec and c.attrs["device"] == "cuda" and c.attrs["precision"] == prec
+        assert _rel(c.features, full.features) < tol, prec
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_deterministic_runs_are_bitwise_equal(root, tmp_path):
+    import os
+    outs = []
+    for k in range(2):
+        run_extraction(get_dataset("synthetic", root), tmp_path / f"{k}.h5", deterministic=True,
+                       **{**KW, "device": "cuda", "workers": 2})
+        outs.append(load_cache(tmp_path / f"{k}.h5").features)
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") and np.array_equal(outs[0], outs[1])
+    assert not torch.are_deterministic_algorithms_enabled()          # restored after the run
