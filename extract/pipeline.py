@@ -53,7 +53,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ from . import dist
 from .devices import PRECISIONS, DeviceError, resolve_device  # noqa: F401  (re-exported)
 from .feed import default_workers  # noqa: F401  (re-exported)
 from .runloop import AMP as _AMP, Features, _forward, input_dtype, run_loop  # noqa: F401
-from .views_device import DeviceViews
+from .runloop import backend_flags, check_part_numerics, featurize_frames  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -101,74 +101,6 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     return model
-
-
-@torch.inference_mode()
-def featurize_frames(model: torch.nn.Module, frames_uint8: np.ndarray, views: Sequence[View],
-                     frame_cfg: FrameConfig, n_clips: int = 10, device: str | torch.device = "cpu", *,
-                     batch_clips: int | None = None, precision: str = "auto") -> np.ndarray:
-    """Features of one decoded sample: float32 ``(V, n_clips, D)`` (D = 1024 for I3D).
-
-    ``frames_uint8``: ``(T + 2*max|shift|, H, W, 3)`` as ``dataset.read_frames(sample, max_shift)`` gives.
-    ``model``: an eval-mode I3D already on ``device`` (e.g. ``load_i3d(..., device, fuse_bn=True)``).
-    """
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    bc = batch_clips or default_batch_clips(dev)
-    t = frames_uint8.shape[0] - 2 * max_shift_of(views)
-    dv = DeviceViews(views, frame_cfg, t, n_clips, dev)
-    vc = dv.prepare(torch.from_numpy(np.ascontiguousarray(frames_uint8)).to(dev))
-    fmt = torch.channels_last_3d if dev.type == "cuda" else torch.contiguous_format
-    out = []
-    for lo in range(0, vc.n, bc):
-        hi = min(vc.n, lo + bc)
-        s = frame_cfg.crop
-        x = torch.empty((hi - lo, 3, CLIP_LEN, s, s), dtype=input_dtype(dev, prec), device=dev, memory_format=fmt)
-        vc.write(x, lo, hi)
-        out.append(_forward(model, x, dev, prec).cpu())
-    return torch.cat(out).numpy().reshape(len(views), n_clips, -1)
-
-
-def check_part_numerics(out: Path, precision: str, device_kind: str) -> None:
-    """CacheMismatch when part files of an interrupted run were made with another precision or device
-    kind: resuming would mix bf16 and float32 features in one cache."""
-    for p in sorted(cstore.parts_dir(out).glob("part-*.h5")):
-        try:
-            import h5py
-            with h5py.File(p, "r") as h5:
-                attrs = cstore.decode_attrs(h5.attrs)
-        except OSError:
-            continue                          # unreadable parts are scan_parts' business
-        diffs = cstore.attr_differences(attrs, {"precision": precision, "device": device_kind})
-        if diffs:
-            was = f"{attrs.get('device', '?')} in {attrs.get('precision', '?')}"
-            raise cstore.CacheMismatch(cstore.mismatch_message(
-                f"Part file {p} (from an earlier, interrupted run)", diffs,
-                f"It was extracted on {was}, this run is {device_kind} in {precision}: one cache must not mix "
-                f"them. Resume with --device/--precision as before, or pass --force to discard "
-                f"{cstore.parts_dir(out)} and start again."), attribute=diffs[0][0])
-
-
-@contextlib.contextmanager
-def backend_flags(device: torch.device, deterministic: bool) -> Iterator[None]:
-    """CUDA: ``cudnn.benchmark`` (the autotuner) by default; ``deterministic``: deterministic algorithms
-    (with ``CUBLAS_WORKSPACE_CONFIG``, needed by cuBLAS) instead. Restored afterwards."""
-    if device.type != "cuda":
-        yield
-        return
-    cudnn = torch.backends.cudnn
-    prev = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        cudnn.benchmark, cudnn.deterministic = False, True
-        torch.use_deterministic_algorithms(True)
-    else:
-        cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        cudnn.benchmark, cudnn.deterministic = prev[0], prev[1]
-        torch.use_deterministic_algorithms(prev[2])
 
 
 # ---------------------------------------------------------------------------------------- the run

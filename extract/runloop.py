@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections import deque
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from cache import store as cstore
+from data.transforms import FrameConfig, View
 
 from .feed import _no_release, decoded_videos
 from .staging import BackgroundWriter, CopyBack, Stager
@@ -59,6 +63,76 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, prec
 def input_dtype(device: torch.device, precision: str) -> torch.dtype:
     """The batch dtype: the autocast dtype on CUDA (the convolutions cast to it anyway), else float32."""
     return AMP.get(precision, torch.float32) if device.type == "cuda" else torch.float32
+
+
+@torch.inference_mode()
+def featurize_frames(model: torch.nn.Module, frames_uint8: np.ndarray, views: Sequence[View],
+                     frame_cfg: FrameConfig, n_clips: int = 10, device: str | torch.device = "cpu", *,
+                     batch_clips: int | None = None, precision: str = "auto") -> np.ndarray:
+    """Features of one decoded sample: float32 ``(V, n_clips, D)`` (D = 1024 for I3D).
+
+    ``frames_uint8``: ``(T + 2*max|shift|, H, W, 3)`` as ``dataset.read_frames(sample, max_shift)`` gives.
+    ``model``: an eval-mode I3D already on ``device`` (e.g. ``load_i3d(..., device, fuse_bn=True)``).
+    """
+    from .pipeline import default_batch_clips, max_shift_of, resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    bc = batch_clips or default_batch_clips(dev)
+    t = frames_uint8.shape[0] - 2 * max_shift_of(views)
+    dv = DeviceViews(views, frame_cfg, t, n_clips, dev)
+    vc = dv.prepare(torch.from_numpy(np.ascontiguousarray(frames_uint8)).to(dev))
+    fmt = torch.channels_last_3d if dev.type == "cuda" else torch.contiguous_format
+    out = []
+    for lo in range(0, vc.n, bc):
+        hi = min(vc.n, lo + bc)
+        s = frame_cfg.crop
+        x = torch.empty((hi - lo, 3, CLIP_LEN, s, s), dtype=input_dtype(dev, prec), device=dev, memory_format=fmt)
+        vc.write(x, lo, hi)
+        out.append(_forward(model, x, dev, prec).cpu())
+    return torch.cat(out).numpy().reshape(len(views), n_clips, -1)
+
+
+def check_part_numerics(out: Path, precision: str, device_kind: str) -> None:
+    """CacheMismatch when part files of an interrupted run were made with another precision or device
+    kind: resuming would mix bf16 and float32 features in one cache."""
+    for p in sorted(cstore.parts_dir(out).glob("part-*.h5")):
+        try:
+            import h5py
+            with h5py.File(p, "r") as h5:
+                attrs = cstore.decode_attrs(h5.attrs)
+        except OSError:
+            continue                          # unreadable parts are scan_parts' business
+        diffs = cstore.attr_differences(attrs, {"precision": precision, "device": device_kind})
+        if diffs:
+            was = f"{attrs.get('device', '?')} in {attrs.get('precision', '?')}"
+            raise cstore.CacheMismatch(cstore.mismatch_message(
+                f"Part file {p} (from an earlier, interrupted run)", diffs,
+                f"It was extracted on {was}, this run is {device_kind} in {precision}: one cache must not mix "
+                f"them. Resume with --device/--precision as before, or pass --force to discard "
+                f"{cstore.parts_dir(out)} and start again."), attribute=diffs[0][0])
+
+
+@contextlib.contextmanager
+def backend_flags(device: torch.device, deterministic: bool) -> Iterator[None]:
+    """CUDA: ``cudnn.benchmark`` (the autotuner) by default; ``deterministic``: deterministic algorithms
+    (with ``CUBLAS_WORKSPACE_CONFIG``, needed by cuBLAS) instead. Restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    prev = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        cudnn.benchmark, cudnn.deterministic = False, True
+        torch.use_deterministic_algorithms(True)
+    else:
+        cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = prev[0], prev[1]
+        torch.use_deterministic_algorithms(prev[2])
 
 
 def _sample_record(index: int, s, feats: np.ndarray) -> cstore.VideoRecord:
@@ -204,4 +278,4 @@ def run_loop(model, dataset, items, views, frame_cfg, n_clips, dev, prec, batch_
                     res.n_failed, len(items))
 
 
-__all__ = ["run_loop", "Features", "AMP", "input_dtype"]
+__all__ = ["run_loop", "Features", "AMP", "input_dtype", "featurize_frames", "check_part_numerics", "backend_flags"]
