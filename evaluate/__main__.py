@@ -17,9 +17,22 @@ from pathlib import Path
 import click
 
 from data.cli import CONTEXT_SETTINGS, user_error, verbose_option
-from evaluate import compact as cpt
-from evaluate.outputs import OutputError, default_paths, refuse_empty, write_csv, write_text
 from extract.devices import device_option
+
+
+class _Lazy:
+    """A module imported on first use: `--help` must not pay for pandas and matplotlib."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        import importlib
+        return getattr(importlib.import_module(self._name), attr)
+
+
+cpt = _Lazy("evaluate.compact")
+_out = _Lazy("evaluate.outputs")
 
 
 def _run_dirs(paths) -> list[Path]:
@@ -85,14 +98,14 @@ def _write_tables(paths: dict, long, compact, text, *, n_boot, reference, option
     opt = {"csv": "--csv", "markdown": "--markdown", "latex": "--latex", **(options or {})}
     out = []
     if paths.get("csv"):
-        out.append(write_csv(paths["csv"], long, opt["csv"]))
+        out.append(_out.write_csv(paths["csv"], long, opt["csv"]))
         if reference:
-            out.append(write_csv(Path(paths["csv"]).with_name(Path(paths["csv"]).stem + "_published.csv"),
+            out.append(_out.write_csv(Path(paths["csv"]).with_name(Path(paths["csv"]).stem + "_published.csv"),
                                  cpt.reference_frame(long), opt["csv"]))
     if paths.get("markdown"):
-        out.append(write_text(paths["markdown"], text + "\n", opt["markdown"]))
+        out.append(_out.write_text(paths["markdown"], text + "\n", opt["markdown"]))
     if paths.get("latex"):
-        out.append(write_text(paths["latex"], to_latex(compact, n_boot=n_boot, reference=reference), opt["latex"]))
+        out.append(_out.write_text(paths["latex"], to_latex(compact, n_boot=n_boot, reference=reference), opt["latex"]))
     return out
 
 
@@ -114,10 +127,10 @@ def table(runs, csv, latex, markdown, long_, best_on_test, no_reference, n_boot,
     paths = {"csv": csv, "latex": latex, "markdown": markdown}
     try:
         if any(paths.values()):
-            refuse_empty(len(long), runs, skipped, [p for p in (csv,) if p])
+            _out.refuse_empty(len(long), runs, skipped, [p for p in (csv,) if p])
         for w in _write_tables(paths, long, compact, text, n_boot=n_boot, reference=not no_reference):
             click.echo(f"wrote {w}")
-    except OutputError as e:
+    except _out.OutputError as e:
         raise user_error(e) from None
 
 
@@ -155,14 +168,14 @@ def plots(run_dirs, dpi):
 def report(runs_root, out_dir, csv, latex, no_plots, dpi, long_, best_on_test, no_reference, n_boot, boot_seed):
     """Everything `make eval` needs: the compact table (printed, markdown, LaTeX), the long CSV, the
     comparison figures and every run's plots, written beside the runs."""
-    paths = default_paths(runs_root, out_dir)
+    paths = _out.default_paths(runs_root, out_dir)
     paths.update({k: Path(v) for k, v in (("csv", csv), ("latex", latex)) if v})
     runs, skipped, long, compact = _tables([runs_root], n_boot=n_boot, boot_seed=boot_seed,
                                            best_on_test=best_on_test, no_reference=no_reference)
     text = _text(long, compact, skipped, n_boot=n_boot, long_=long_, reference=not no_reference)
     click.echo(text)
     try:
-        refuse_empty(len(long), [runs_root], skipped, [paths["csv"]])
+        _out.refuse_empty(len(long), [runs_root], skipped, [paths["csv"]])
         written = _write_tables(paths, long, compact, text, n_boot=n_boot, reference=not no_reference,
                                 options={"csv": "--csv" if csv else "--out", "markdown": "--out",
                                          "latex": "--latex" if latex else "--out"})
@@ -171,9 +184,9 @@ def report(runs_root, out_dir, csv, latex, no_plots, dpi, long_, best_on_test, n
             try:
                 written += comparison_figures(runs, long, paths["figures"], dpi=dpi)
             except OSError as e:
-                raise OutputError(f"cannot write the comparison figures into {paths['figures']} "
+                raise _out.OutputError(f"cannot write the comparison figures into {paths['figures']} "
                                   f"({e.strerror or e}); choose another --out") from None
-    except OutputError as e:
+    except _out.OutputError as e:
         raise user_error(e) from None
     click.echo("")
     for w in written:
