@@ -272,3 +272,13 @@ def test_cuda_deterministic_runs_are_bitwise_equal(root, tmp_path):
         outs.append(load_cache(tmp_path / f"{k}.h5").features)
     assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") and np.array_equal(outs[0], outs[1])
     assert not torch.are_deterministic_algorithms_enabled()          # restored after the run
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_compiled_network_gives_the_same_features(root, tmp_path):
+    kw = {**KW, "device": "cuda", "precision": "bf16"}
+    run_extraction(get_dataset("synthetic", root), tmp_path / "eager.h5", **kw)
+    run_extraction(get_dataset("synthetic", root), tmp_path / "compiled.h5", compile=True, **kw)
+    a, b = load_cache(tmp_path / "eager.h5").features, load_cache(tmp_path / "compiled.h5").features
+    assert _rel(b, a) < 3e-2
