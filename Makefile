@@ -45,7 +45,7 @@ endif
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: help setup setup-test weights demo demo-data features train eval test bench clean clean-features
+.PHONY: help setup setup-test weights demo demo-data features train eval test bench device-check clean clean-features
 
 help:
 	@echo "Targets:"
@@ -58,7 +58,8 @@ help:
 	@echo "  make features    stage one: extract I3D features of DATASET (at DATA_ROOT) into FEATURES (HDF5)"
 	@echo "  make train       stage two: train HEAD on FEATURES, one run folder per unit and seed under RUNS"
 	@echo "  make eval        compact results table + RUNS/results.{md,tex,csv}, comparison figures, per-run plots"
-	@echo "  make bench       speed benchmarks (extraction, head training)"
+	@echo "  make bench       speed benchmarks (I3D forward, feeding path, extraction, every head's schedule)"
+	@echo "  make device-check  the GPU check bench/device_check.sh (DRY=1: on the CPU; WEIGHTS_FILE=path)"
 	@echo "  make clean       remove what is cheap to rebuild: the demo data, demo features and demo runs"
 	@echo "                   ($(ART)/datasets/synthetic, $(ART)/features/synthetic-*, $(RUNS)/synthetic,"
 	@echo "                   the results files in RUNS); keeps other feature caches and runs, $(VENV), the weights"
@@ -146,8 +147,14 @@ test: setup-test
 # Speed scripts (numbers printed, nothing asserted); run from the repository root as modules.
 bench: setup
 	$(PY) -m bench.bench_i3d
+	$(PY) -m bench.bench_feed
 	$(PY) -m bench.bench_extract
 	$(PY) -m bench.bench_train_head
+
+# The one GPU check (bench/device_check.sh): under 8 minutes on one GPU, numbers into
+# $(ART)/device_check/device_check.json. DRY=1 runs every step on the CPU at 64 px.
+device-check: setup-test
+	bash bench/device_check.sh $(if $(DRY),--dry) $(if $(WEIGHTS_FILE),--weights $(WEIGHTS_FILE))
 
 # Only what `make demo` rebuilds in minutes. Real feature caches take hours to extract on a CPU: they go
 # only with the explicit `make clean-features`, which lists them and asks.

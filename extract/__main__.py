@@ -152,7 +152,14 @@ def cache_path(dataset, root, weights, artifacts) -> None:
 @click.option("--batch-clips", default=None, type=click.IntRange(min=1),
               help="Clips per forward pass [default: 128 CUDA, 16 CPU].")
 @click.option("--workers", default=None, type=click.IntRange(min=0),
-              help="Decode workers [default: 0 on CPU, up to 8 on CUDA].")
+              help="Decode workers [default: 0 on CPU; on CUDA the cores of the CPU affinity / ranks per node - 1].")
+@click.option("--decode", "decode_mode", default="auto", show_default=True,
+              type=click.Choice(["auto", "processes", "threads"]),
+              help="Decode workers as processes (frames through /dev/shm) or threads; auto: processes when "
+                   "/dev/shm has room.")
+@click.option("--deterministic", is_flag=True,
+              help="CUDA: reproducible kernels (slower; sets CUBLAS_WORKSPACE_CONFIG). The CPU always is.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network (pays off on long GPU runs).")
 @click.option("--part-every", default=8, show_default=True, type=click.IntRange(min=1),
               help="Finished videos per part file (what a crash can lose at most, per rank).")
 @click.option("--max-videos", default=None, type=click.IntRange(min=1),
@@ -162,14 +169,15 @@ def cache_path(dataset, root, weights, artifacts) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @verbose_option
 def features(dataset, root, opts, out, weights, device, precision, views_spec, frame_size, crop, norm, resize_mode,
-             n_clips, batch_clips, workers, part_every, max_videos, strict, force, no_progress) -> None:
+             n_clips, batch_clips, workers, decode_mode, deterministic, compile_, part_every, max_videos, strict,
+             force, no_progress) -> None:
     """Extract I3D clip features of every sample into one HDF5 cache (resumable; see `python -m cache info`)."""
     from cache import CacheError
     from data import DataError, get_dataset
     from data.locks import LockedError
     from data.transforms import FrameConfig
 
-    from .dist import dist_info
+    from .dist import DistError, dist_info
     from .pipeline import ExtractError, run_extraction
 
     try:
@@ -185,8 +193,9 @@ def features(dataset, root, opts, out, weights, device, precision, views_spec, f
         res = run_extraction(ds, out, views=views, frame_cfg=cfg, n_clips=n_clips, weights=weights, device=device,
                              batch_clips=batch_clips, workers=workers, strict=strict, max_videos=max_videos,
                              overwrite=force, precision=precision, part_every=part_every,
-                             dataset_options=opts, progress=not no_progress)
-    except (CacheError, DataError, ValueError, ExtractError, LockedError) as e:
+                             dataset_options=opts, progress=not no_progress, deterministic=deterministic,
+                             compile=compile_, decode_mode=decode_mode)
+    except (CacheError, DataError, ValueError, ExtractError, LockedError, DistError) as e:
         raise user_error(e) from None           # DeviceError and WeightsError are ValueErrors
     if not info.is_main:
         return

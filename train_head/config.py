@@ -63,6 +63,7 @@ class BaseConfig:
     out, tag      results root; the head level of the run folder is `<head>+<tag>` when tag is set.
     leaf_activation  the tree's leaf regressors: "identity" (linear, as the reference CoRe code) or
                   "sigmoid" (squashed to [0, 1] before scaling).
+    deterministic CUDA: deterministic kernels (slower); the CPU always runs them (same seed, same numbers).
     tensorboard   also log the per-epoch metrics for TensorBoard into <run>/tensorboard/ (needs
                   requirements-tensorboard.txt); off by default.
     """
@@ -89,6 +90,7 @@ class BaseConfig:
     tag: str = ""
     leaf_activation: str = "identity"
     tensorboard: bool = False
+    deterministic: bool = False
 
     mode: ClassVar[str] = "cached"
     # fields that change speed or logging, not numbers: a resume may differ in them

@@ -217,7 +217,7 @@ def finetune(cfg: FinetuneConfig, *, force: bool = False, progress: bool = True,
             if resume is None:
                 return folder.path
             samples = ds.samples()
-            with run_environment():
+            with run_environment(device=device, deterministic=cfg.deterministic):
                 ctx = prepare(cfg, labels_of(ds, samples), label, folder, is_main=info.is_main)
                 run(FinetuneTask(ctx, ds, samples, device, info), ctx, folder, resume=resume,
                     progress=progress, on_epoch_end=on_epoch_end)

@@ -91,6 +91,7 @@ def finetune_command(dataset, root, force, no_progress, sets, **options):
     from data.locks import LockedError
     from extract import dist as xdist
     from extract.devices import DeviceError
+    from extract.dist import DistError
     from extract.weights import WeightsError
     from train_head.config import ConfigError
     from train_head.protocol import TrainError
@@ -100,7 +101,8 @@ def finetune_command(dataset, root, force, no_progress, sets, **options):
     try:
         run_dirs = finetune_cli_main(dataset=dataset, root=root, force=force, progress=not no_progress,
                                      sets=sets, **options)
-    except (ConfigError, TrainError, DataError, WeightsError, DeviceError, RunFolderError, LockedError) as exc:
+    except (ConfigError, TrainError, DataError, WeightsError, DeviceError, RunFolderError, LockedError,
+            DistError) as exc:
         raise user_error(exc) from None
     if info.is_main:
         for run_dir in run_dirs:

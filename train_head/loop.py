@@ -173,11 +173,18 @@ def prepare(cfg, labels, dataset: str, folder: RunFolder, *, is_main: bool = Tru
 
 # ---------------------------------------------------------------------------------------- run
 @contextlib.contextmanager
-def run_environment(threads: int = 0):
-    """Deterministic algorithms (warn only), one warning per distinct message from the pair sampler,
-    and the run's thread count; all restored afterwards."""
+def run_environment(threads: int = 0, *, device: torch.device | None = None, deterministic: bool = False):
+    """One warning per distinct message from the pair sampler, the run's thread count, and deterministic
+    algorithms (warn only) on the CPU, where they cost nothing; on CUDA only when asked (`deterministic`:
+    slower cuDNN kernels; CUBLAS_WORKSPACE_CONFIG is then set for reproducible matrix products). All
+    restored afterwards."""
+    import os
+
     prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    _set_deterministic(True, warn_only=True)
+    cuda = device is not None and device.type == "cuda"
+    if cuda and deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    _set_deterministic(not cuda or deterministic, warn_only=True)
     pairs_log, once = logging.getLogger("train_head.pairs"), _OncePerMessage()
     pairs_log.addFilter(once)
     prev_threads = torch.get_num_threads()

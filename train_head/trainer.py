@@ -207,7 +207,7 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
         folder, resume = open_run(cfg, dataset, record, force=force)
         if resume is None:
             return folder.path
-        with run_environment(cfg.threads):
+        with run_environment(cfg.threads, device=device, deterministic=cfg.deterministic):
             ctx = prepare(cfg, data, dataset, folder)
             run(CachedTask(ctx, data, device), ctx, folder, resume=resume, progress=progress,
                 on_epoch_end=on_epoch_end)
