@@ -208,3 +208,14 @@ def test_config_resolution_and_refusals(root):
         resolve_finetune_config("synthetic", str(root), lr=1.0)
     with pytest.raises(ValueError, match="train_from"):
         FinetuneConfig(dataset="synthetic", root=str(root), train_from="Mixed_9z")
+
+
+def test_frame_store_gives_the_same_run(root, run_a, tmp_path):
+    """Frames decoded once into the store, views cut by device_clips: the same numbers as decoding per step."""
+    cfg, run = run_a
+    store_dir = tmp_path / "frames"
+    cfg_s = cfg.replace(out=str(tmp_path / "runs"), frame_store=str(store_dir))
+    run_s = finetune(cfg_s, progress=False)
+    assert (store_dir / "index.json").is_file() and (store_dir / "frames.u8").stat().st_size > 0
+    assert (run_s / "metrics.csv").read_text() == (run / "metrics.csv").read_text()
+    assert (run_s / "predictions.csv").read_text() == (run / "predictions.csv").read_text()

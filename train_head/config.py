@@ -200,7 +200,9 @@ class FinetuneConfig(BaseConfig):
     = all). weights: kinetics400 | random | path. norm, resize_hw, crop, resize_mode: the frame pipeline.
     n_clips x clip_len: clips per video. max_shift: MTL-AQA end-frame shift range. precision: auto (bf16
     on CUDA) | bf16 | fp32. channels_last: auto | on | off. checkpoint_activations, workers (None = 4
-    on CUDA, 0 on CPU), eval_batch: speed and memory only."""
+    on CUDA, 0 on CPU), eval_batch: speed and memory only. frame_store: decode every video once into a
+    memory-mapped uint8 store and cut the views on the device: "auto" (on CUDA; the store goes to
+    <out>/_frames/, about T x 455 x 256 x 3 bytes a video, 36 MB), "off", or a folder; the same clips."""
     batch_size: int = 2
     grad_accum: int = 2
     tag: str = "finetune"
@@ -222,10 +224,11 @@ class FinetuneConfig(BaseConfig):
     checkpoint_activations: bool = False
     workers: int | None = None
     eval_batch: int = 4
+    frame_store: str = "auto"
 
     mode: ClassVar[str] = "finetune"
     speed_only: ClassVar[tuple[str, ...]] = ("workers", "eval_batch", "checkpoint_activations",
-                                             "checkpoint_every", "tensorboard")
+                                             "checkpoint_every", "tensorboard", "frame_store")
     _positive = BaseConfig._positive + ("n_clips", "clip_len", "eval_batch", "crop")
 
     def validate(self) -> None:

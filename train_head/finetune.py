@@ -38,8 +38,8 @@ from extract import dist as xdist
 from extract.i3d import I3D
 from train_head.config import FinetuneConfig, resolve_config
 from train_head.evaluator import Evaluator
-from train_head.finetune_data import (Aug, ClipDataset, clip_loader, crop_flip, augment, draw_augs,  # noqa: F401
-                                      labels_of)
+from train_head.finetune_data import (Aug, ClipDataset, FrameStore, StoreLoader, clip_loader, crop_flip,  # noqa: F401
+                                      augment, draw_augs, labels_of)
 from train_head.finetune_model import FinetuneModel, FrozenBNI3D, build_optimizer  # noqa: F401
 from train_head.heads import build_head
 from train_head.loop import Task, cpu_state, open_run, prepare, run, run_environment
@@ -95,8 +95,31 @@ class FinetuneTask(Task):
                              f"than the {info.world_size} processes; raise --batch-size")
         self.clips = ClipDataset(ds, samples, cfg.frame_config(), cfg.n_clips, cfg.clip_len, cfg.max_shift)
         self.workers = cfg.workers if cfg.workers is not None else (4 if self.cuda else 0)
+        self.ds, self.store = ds, self._frame_store(ds, samples)
         self.t_all = torch.from_numpy(ctx.targets).float()
         self._feats: dict[int, torch.Tensor] | None = None     # evaluation features of the current model
+
+    # ---- frames
+    def _frame_store(self, ds, samples):
+        """The decoded-once frame store (finetune_data.FrameStore) when `frame_store` asks for one: "auto"
+        = on CUDA (the GPU would otherwise wait for JPEG decoding every step), off on the CPU; "off"; or
+        a folder. The main process builds it, the others open it after a barrier."""
+        where = self.cfg.frame_store
+        if where == "off" or (where == "auto" and not self.cuda):
+            return None
+        path = (Path(self.cfg.out) / "_frames" / f"{self.ctx.dataset}-{self.cfg.unit}") if where == "auto" else Path(where)
+        build = dict(cfg=self.cfg.frame_config(), max_shift=self.cfg.max_shift, workers=self.workers)
+        store = FrameStore.open_or_build(ds, samples, path, **build) if self.info.is_main else None
+        xdist.barrier(self.info)
+        return store if store is not None else FrameStore.open_or_build(ds, samples, path, **build)
+
+    def _loader(self, plan):
+        """Batches of clips for a plan of (position, Aug | None): from the frame store with the views cut
+        on the device, or decoded per step by DataLoader workers (bitwise the same clips)."""
+        if self.store is None:
+            return clip_loader(self.clips, plan, self.workers, self.cuda)
+        return StoreLoader(self.store, plan, self.cfg.frame_config(), self.ds.n_frames, self.cfg.n_clips,
+                           self.cfg.clip_len, self.device)
 
     # ---- training
     def batches(self, q, e, rng):
@@ -116,7 +139,7 @@ class FinetuneTask(Task):
             else:
                 meta.append((tr[qb[sl]], None, qb.size))
             plan.append(items)
-        for b, x in enumerate(clip_loader(self.clips, plan, self.workers, self.cuda)):
+        for b, x in enumerate(self._loader(plan)):
             yield lambda x=x, m=meta[b]: self._step(x, *m)
 
     def _step(self, x, pq, pe, n_global):
@@ -148,7 +171,7 @@ class FinetuneTask(Task):
         plan = [[(int(p), None) for p in mine[s:s + eb]] for s in range(0, len(mine), eb)]
         out: list[torch.Tensor] = []
         with torch.inference_mode():
-            for x in clip_loader(self.clips, plan, self.workers, self.cuda):
+            for x in self._loader(plan):
                 out.append(model.features(x.to(self.device, non_blocking=True)).cpu())
         pairs = list(zip(mine, torch.cat(out) if out else torch.zeros(0, I3D.feature_dim)))
         if info.enabled:

@@ -75,6 +75,9 @@ def _opt(name: str, type_=None, help_: str = "", **kw) -> click.Option:
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
               help="Write checkpoint.pt every k epochs [10; one is ~240 MB].")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding workers [4 on CUDA, 0 on CPU].")
+@click.option("--frame-store", default=None, metavar="auto|off|DIR",
+              help="Decode each video once into a memory-mapped frame store, views cut on the device "
+                   "[auto: on CUDA, into OUT/_frames/; off on the CPU].")
 @click.option("--voters", type=click.IntRange(min=1), default=None, help="Exemplars per test video [10].")
 @click.option("--val-every", type=click.IntRange(min=1), default=None, help="Evaluate every k epochs [1].")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="[0]")

@@ -235,7 +235,7 @@ def device_clips(frames: torch.Tensor, aug: "Aug | None", cfg: FrameConfig, n_fr
     if aug is None:
         shift, top, left, flip = 0, int(round((oh - c) / 2.0)), int(round((ow - c) / 2.0)), False
     else:
-        shift, flip = aug.shift, aug.flip
+        shift, flip = (aug.shift if max_shift else 0), aug.flip   # no shift protocol: the draw is ignored
         top = min(int(aug.u_top * (oh - c + 1)), oh - c)
         left = min(int(aug.u_left * (ow - c + 1)), ow - c)
     dev = frames.device
