@@ -110,7 +110,7 @@ def test_labels_torch_in_torch_out_and_random_property():
     leaf_np, pos_np, n_np = leaf_labels(d.numpy(), g)
     np.testing.assert_array_equal(leaf.numpy(), leaf_np)
     np.testing.assert_allclose(pos.numpy(), pos_np, atol=1e-6)
-    assert n == n_np == int((d.abs() > 100).sum())
+    assert int(n) == n_np == int((d.abs() > 100).sum()) and isinstance(n, torch.Tensor)
     dc = d.double().clamp(-100, 100).numpy()
     a, b = g[leaf_np, 0], g[leaf_np, 1]
     assert ((a <= dc) & (dc <= b)).all()

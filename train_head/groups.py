@@ -119,7 +119,8 @@ def leaf_labels(deltas, groups):
         groups: (L, 2) intervals from ``build_groups`` (numpy or torch).
 
     Returns:
-        ``(leaf, pos, n_clamped)``: leaf int64 (B,), pos float (B,) and the number of clamped deltas.
+        ``(leaf, pos, n_clamped)``: leaf int64 (B,), pos float (B,) and the number of clamped deltas (an
+        int for numpy input; a 0-dim int64 tensor for torch input, so a training step needs no host sync).
         Torch input gives tensors on the input's device (pos in the input's float dtype, float32 for
         integer input); numpy input gives numpy arrays (pos float64).
     """
@@ -134,13 +135,13 @@ def leaf_labels(deltas, groups):
     g = torch.as_tensor(groups, dtype=torch.float64, device=d.device)
     if g.ndim != 2 or g.shape[1] != 2 or g.shape[0] < 2 or g.shape[0] % 2:
         raise ValueError(f"leaf_labels: groups must have shape (L, 2) with L even, got {tuple(g.shape)}")
-    if torch.isnan(d).any():
-        raise ValueError("leaf_labels: deltas contain NaN")
+    if not is_torch and torch.isnan(d).any():      # (torch input: no host synchronisation per step;
+        raise ValueError("leaf_labels: deltas contain NaN")   # a NaN target stops the run at its loss)
     half = g.shape[0] // 2
     lo, hi = g[0, 0], g[-1, 1]
     clamped = (d < lo) | (d > hi)
-    n_clamped = int(clamped.sum().item())
-    d = d.clamp(min=lo.item(), max=hi.item())
+    n_clamped = clamped.sum() if is_torch else int(clamped.sum().item())
+    d = torch.clamp(d, min=lo, max=hi)
 
     # positive: last leaf with a <= d  ->  searchsorted(right) on the left edges, minus one
     k_pos = half + torch.searchsorted(g[half:, 0].contiguous(), d, right=True) - 1

@@ -54,7 +54,7 @@ class MLPHead(Head):
     def loss(self, f_q, t_q, f_e=None, t_e=None):
         out = self.mlp(f_q).squeeze(-1)
         mse = F.mse_loss(out, t_q.to(out.dtype) / self.theta)
-        return mse, {"loss": mse.item(), "mse": mse.item() * self.theta ** 2}
+        return mse, {"loss": mse.detach(), "mse": mse.detach() * self.theta ** 2}
 
     def predict(self, f_q, f_e=None, t_e=None, mask=None) -> Prediction:
         return Prediction(self(f_q))
@@ -86,7 +86,7 @@ class ContrastiveMLPHead(Head):
         fa, ta, fb, tb = self._both_directions(f_q, t_q, f_e, t_e)
         out = self.mlp(self._pair_input(fa, fb, tb)).squeeze(-1)
         mse = F.mse_loss(out, (ta - tb).to(out.dtype) / self.theta)
-        return mse, {"loss": mse.item(), "mse": mse.item() * self.theta ** 2}
+        return mse, {"loss": mse.detach(), "mse": mse.detach() * self.theta ** 2}
 
     def predict(self, f_q, f_e=None, t_e=None, mask=None) -> Prediction:
         mask = self._check_voters(f_q, f_e, t_e, mask)
@@ -157,8 +157,8 @@ class CoReHead(Head):
         mse = F.mse_loss(r, pos.to(r.dtype))
         loss = nll + mse
         acc = (logp.argmax(1) == leaf).float().mean()
-        return loss, {"loss": loss.item(), "nll": nll.item(), "mse": mse.item(),
-                      "leaf_acc": acc.item(), "n_clamped": float(n_clamped)}
+        return loss, {"loss": loss.detach(), "nll": nll.detach(), "mse": mse.detach(),
+                      "leaf_acc": acc.detach(), "n_clamped": n_clamped}
 
     def predict(self, f_q, f_e=None, t_e=None, mask=None) -> Prediction:
         groups = self._groups()

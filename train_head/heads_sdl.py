@@ -124,7 +124,7 @@ class _DistributionHead(Head):
         """Mean over videos (first dimension) of the KL divergence summed over everything else."""
         p = gaussian_targets(t, self.centres, self.sigma).to(logq.dtype)
         kl = F.kl_div(logq, p, reduction="sum") / max(1, logq.shape[0])
-        return kl, {"loss": kl.item(), "kl": kl.item()}
+        return kl, {"loss": kl.detach(), "kl": kl.detach()}
 
     def _point(self, logq: torch.Tensor) -> torch.Tensor:
         """(..., K) log-probabilities -> (...) the predicted value (argmax bin's centre, or the mean)."""
