@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from bench.frames import BenchFrames, mean_frame_kb, write_frames
 from bench.legacy_feed import legacy_extract
 from data.transforms import FrameConfig, default_views
-from extract.pipeline import (ExtractResult, Features, _forward, backend_flags, default_batch_clips, default_workers,
+from extract.pipeline import (ExtractResult, Features, backend_flags, default_batch_clips, default_workers,
                               input_dtype, prepare_model, resolve_device, resolve_precision, run_loop)
 from extract.weights import load_i3d
 
@@ -47,17 +46,11 @@ def network_rate(net, dev, prec, batch: int, iters: int) -> float:
     """clips/s of the pipeline's forward alone on one batch (median of ``iters`` after a warm-up)."""
     fmt = torch.channels_last_3d if dev.type == "cuda" else torch.contiguous_format
     x = torch.randn(batch, 3, 16, 224, 224, device=dev).to(input_dtype(dev, prec)).contiguous(memory_format=fmt)
+    from bench.bench_i3d import time_pipeline
+
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    times = []
-    with torch.inference_mode(), backend_flags(dev, False):
-        _forward(net, x, dev, prec)
-        sync()
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            _forward(net, x, dev, prec)
-            sync()
-            times.append(time.perf_counter() - t0)
-    return batch / sorted(times)[len(times) // 2]
+    with backend_flags(dev, False):
+        return time_pipeline(net, x, dev, prec, iters, warmup=1, sync=sync)
 
 
 def new_extract(net, ds, samples, views, cfg, dev, prec, batch, workers):

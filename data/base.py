@@ -31,6 +31,47 @@ class DataError(ValueError):
     """A problem with the user's data: names the file or key and what is wrong."""
 
 
+class ShippedMetadata:
+    """Mixin of readers whose annotation and split files ship with the project (data/meta/) but may also
+    be in the dataset's folder: `meta_path(which)` is the explicit file given, else the first of
+    `<root>/<sub>/<name>` for `meta_subdirs`, else the shipped copy in `shipped_dir`."""
+    meta_subdirs: tuple[str, ...] = ("",)
+    shipped_dir: Path
+
+    meta_names: dict[str, str]            # "anno", "train", "test" -> shipped file name
+
+    def __init__(self, root, anno_file=None, train_split_file=None, test_split_file=None):
+        super().__init__(root)
+        self._files = {"anno": (anno_file, self.meta_names["anno"]),
+                       "train": (train_split_file, self.meta_names["train"]),
+                       "test": (test_split_file, self.meta_names["test"])}
+        self.meta_files: dict[str, Path] = {}
+
+    def _meta_path(self, which: str) -> Path:
+        explicit, fname = self._files[which]
+        if explicit is not None:
+            return Path(explicit)
+        for sub in self.meta_subdirs:
+            if (self.root / sub / fname).is_file():
+                return self.root / sub / fname
+        logging.getLogger(type(self).__module__).info(
+            "%s: %s not under %s; using the shipped copy in %s", self.name, fname, self.root, self.shipped_dir)
+        return self.shipped_dir / fname
+
+
+def load_metadata(path, what: str):
+    """A dataset's pickled annotation or split file through the restricted unpickler (plain data only);
+    a missing, unreadable or unsafe file is one DataError naming it and `what` it should be."""
+    from .safe_pickle import restricted_load
+
+    try:
+        return restricted_load(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc})") from None
+
+
 @dataclass(frozen=True)
 class Sample:
     """One judged attempt. See docs/ARCHITECTURE.md ("data/")."""

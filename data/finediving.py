@@ -47,8 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DataError, Dataset, IMAGE_EXTS, META_DIR, Sample, check_score, is_hidden, read_images
-from .safe_pickle import restricted_load
+from .base import (DataError, Dataset, IMAGE_EXTS, META_DIR, Sample, ShippedMetadata, check_score, is_hidden,
+                   load_metadata, read_images)
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +96,6 @@ def frame_files(folder: Path) -> dict[int, Path]:
     if not out:
         raise DataError(f"{folder}: no image files ({', '.join(IMAGE_EXTS)}) in the frame folder")
     return out
-
-
-def _load(path: Path, what: str):
-    try:
-        return restricted_load(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found") from None
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read {what} ({exc})") from None
 
 
 def _as_key(k, where: str) -> tuple[str, int]:
@@ -170,33 +161,21 @@ def counted_awards(awards) -> list[float]:
     raise ValueError(f"no scoring rule for a panel of {len(a)} awards")
 
 
-class FineDiving(Dataset):
+class FineDiving(ShippedMetadata, Dataset):
     name = "finediving"
     n_frames = N_FRAMES
     frame_keys = ("start_frame", "end_frame")
 
-    def __init__(self, root, anno_file=None, train_split_file=None, test_split_file=None):
-        super().__init__(root)
-        self._files = {"anno": (anno_file, ANNO_FILE), "train": (train_split_file, SPLIT_FILE["train"]),
-                       "test": (test_split_file, SPLIT_FILE["test"])}
-        self.meta_files: dict[str, Path] = {}
-
-    def _meta_path(self, which: str) -> Path:
-        explicit, fname = self._files[which]
-        if explicit is not None:
-            return Path(explicit)
-        for d in (self.root, self.root / "Annotations"):
-            if (d / fname).is_file():
-                return d / fname
-        log.info("finediving: %s not under %s; using the shipped copy in %s", fname, self.root, FD_META_DIR)
-        return FD_META_DIR / fname
+    meta_subdirs = ("", "Annotations")
+    shipped_dir = FD_META_DIR
+    meta_names = {"anno": ANNO_FILE, **SPLIT_FILE}
 
     def _load_samples(self):
         if not self.root.is_dir():
             raise DataError(f"{self.root}: FineDiving root folder not found (it holds <competition>/<index>/ "
                             "frame folders)")
         anno_path = self.meta_files["anno"] = self._meta_path("anno")
-        anno = _load(anno_path, "FineDiving coarse annotation")
+        anno = load_metadata(anno_path, "FineDiving coarse annotation")
         if not isinstance(anno, dict):
             raise DataError(f"{anno_path}: expected a dict keyed by (competition, index), got "
                             f"{type(anno).__name__}")
@@ -206,7 +185,7 @@ class FineDiving(Dataset):
         seen: dict[tuple[str, int], str] = {}
         for split in ("train", "test"):
             path = self.meta_files[split] = self._meta_path(split)
-            keys = _load(path, f"FineDiving {split} split")
+            keys = load_metadata(path, f"FineDiving {split} split")
             if not isinstance(keys, (list, tuple)):
                 raise DataError(f"{path}: expected a list of (competition, index) keys, got {type(keys).__name__}")
             for k in keys:
@@ -224,7 +203,7 @@ class FineDiving(Dataset):
         if not path.is_file():
             return {}
         self.meta_files["fine"] = path
-        fine = _load(path, "FineDiving fine-grained annotation")
+        fine = load_metadata(path, "FineDiving fine-grained annotation")
         return fine if isinstance(fine, dict) else {}
 
     def _sample(self, key, a, split, where, fine) -> Sample:

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import (DataError, Dataset, META_DIR, Sample, check_score, list_frames, read_images,
+from .base import (DataError, Dataset, META_DIR, ShippedMetadata, load_metadata, Sample, check_score, list_frames, read_images,
                    to_jsonable)
-from .safe_pickle import restricted_load
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +40,6 @@ SPLIT_FILE = {"train": "train_split_0.pkl", "test": "test_split_0.pkl"}
 DIFFICULTY_RANGE = (1.0, 5.0)
 # final score = sum of the 3 middle judge scores (0-10 each) x difficulty, so it lies in [0, 30 * difficulty]
 N_JUDGES = 7
-
-
-def _load_pickle(path: Path, what: str):
-    try:
-        return restricted_load(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found") from None
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read {what} ({exc})") from None
 
 
 def _as_key(k, where: str) -> tuple[int, int]:
@@ -68,34 +58,22 @@ def _frame_list(folder: str) -> tuple[Path, ...]:
 _TRAILING_INT = re.compile(r"(\d+)(?!.*\d)")
 
 
-class MTLAQA(Dataset):
+class MTLAQA(ShippedMetadata, Dataset):
     name = "mtl_aqa"
     n_frames = 103
     supports_shift = True
     frame_keys = ("end_frame",)
 
-    def __init__(self, root, anno_file=None, train_split_file=None, test_split_file=None):
-        super().__init__(root)
-        self._files = {"anno": (anno_file, ANNO_FILE), "train": (train_split_file, SPLIT_FILE["train"]),
-                       "test": (test_split_file, SPLIT_FILE["test"])}
-        self.meta_files: dict[str, Path] = {}
-
-    def _meta_path(self, which: str) -> Path:
-        explicit, fname = self._files[which]
-        if explicit is not None:
-            return Path(explicit)
-        for d in (self.root, self.root / "info", self.root / "annotations"):
-            if (d / fname).is_file():
-                return d / fname
-        log.info("mtl_aqa: %s not under %s; using the shipped copy in %s", fname, self.root, META_DIR)
-        return META_DIR / fname
+    meta_subdirs = ("", "info", "annotations")
+    shipped_dir = META_DIR
+    meta_names = {"anno": ANNO_FILE, **SPLIT_FILE}
 
     def _load_samples(self):
         if not self.root.is_dir():
             raise DataError(f"{self.root}: MTL-AQA root folder not found")
         anno_path = self._meta_path("anno")
         self.meta_files["anno"] = anno_path
-        anno = _load_pickle(anno_path, "MTL-AQA annotation dict")
+        anno = load_metadata(anno_path, "MTL-AQA annotation dict")
         if not isinstance(anno, dict):
             raise DataError(f"{anno_path}: expected a dict keyed by (video_no, clip_no), got {type(anno).__name__}")
         anno = {_as_key(k, str(anno_path)): v for k, v in anno.items()}
@@ -104,7 +82,7 @@ class MTLAQA(Dataset):
         for split in ("train", "test"):
             path = self._meta_path(split)
             self.meta_files[split] = path
-            keys = _load_pickle(path, f"MTL-AQA {split} split")
+            keys = load_metadata(path, f"MTL-AQA {split} split")
             if not isinstance(keys, (list, tuple)):
                 raise DataError(f"{path}: expected a list of (video_no, clip_no) keys, got {type(keys).__name__}")
             for k in keys:

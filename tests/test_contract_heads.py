@@ -20,12 +20,7 @@ B, M, P = 5, 4, 9                      # queries, voters per query, pool size
 TOL = dict(rtol=1e-10, atol=1e-10)     # float64 heads: only rounding differs between the paths
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _train_targets() -> np.ndarray:

@@ -13,13 +13,7 @@ from train_head.heads import HEADS, Prediction, build_head
 from train_head.tree import RegressionTree
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: with 2 threads on a shared 2-core machine these tests ran ~10x slower (thread contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 G4 = np.array([[-100, -3], [-3, 0], [0, 3], [3, 100]], dtype=np.float64)   # build_groups([0,1,3,6], depth=3)

@@ -21,12 +21,7 @@ from train_head.trainer import load_cache_data, train
 SMALL = dict(hidden=32, batch_size=16, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def judge_cache(path, n=90, n_judges=7, dim=16, seed=0, with_judges=True):
