@@ -42,7 +42,8 @@ from train_head.finetune_data import (Aug, ClipDataset, FrameStore, StoreLoader,
                                       augment, draw_augs, labels_of)
 from train_head.finetune_model import FinetuneModel, FrozenBNI3D, build_optimizer  # noqa: F401
 from train_head.heads import build_head
-from train_head.loop import Task, cpu_state, open_run, prepare, run, run_environment
+from train_head.loop import Task, cpu_state, open_run, prepare, run
+from train_head.runenv import run_environment
 from train_head.protocol import TrainError
 from train_head.runfolder import RunFolder
 

@@ -27,7 +27,8 @@ from train_head.config import ConfigError, RunConfig
 from train_head.evaluator import Evaluator
 from train_head.heads import HEADS, build_head
 from train_head.heads_sdl import judge_matrix
-from train_head.loop import Task, open_run, prepare, run, run_environment
+from train_head.loop import Task, open_run, prepare, run
+from train_head.runenv import run_environment
 from train_head.protocol import Streams, TrainError, carve_validation, make_unit, run_targets  # noqa: F401
 from train_head.runfolder import RunFolder
 
