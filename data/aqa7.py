@@ -1,13 +1,13 @@
 """AQA-7 reader (`get_dataset("aqa7", root, cls="all")`).
 
-Layout (SPEC section 8): frames `<root>/<class>-out/<idx:03d>/img_<i:05d>.jpg`, i = 1..103; splits
+Layout (docs/METHOD.md §8): frames `<root>/<class>-out/<idx:03d>/img_<i:05d>.jpg`, i = 1..103; splits
 `<root>/Split_4/split_4_train_list.mat` (key `consolidated_train_list`) and `split_4_test_list.mat`
 (key `consolidated_test_list`), rows `[class_idx (1-6), sample_idx, score]`.
 
 - If `<root>/Split_4/` lacks the two files, the copies shipped in `data/meta/consolidated_{train,test}_list.mat`
   are used (logged). Those copies hold the same rows with scores x 100.
 - Score scale: the dataset's own files hold unscaled scores, the redistributed copies scores x 100. The scale
-  is detected per file: unscaled if every score lies within its class range (SPEC section 3), x 100 if
+  is detected per file: unscaled if every score lies within its class range (docs/METHOD.md §3), x 100 if
   every score / 100 does; anything else is a DataError naming the row. The detected scale is kept in
   `self.score_scale` ({"train": 1 or 100, "test": ...}) and logged.
 - Sample.score = 100 * (raw - lo) / (hi - lo) with the class range; Sample.extra has `raw_score` (unscaled),

@@ -281,7 +281,7 @@ def frame_size_option(f: Callable | None = None, *, default: str | None = "455,2
 def resize_mode_option(f: Callable | None = None, *, default: str | None = "nearest", help: str | None = None
                        ) -> Callable:
     """``--resize-mode nearest|bilinear_short_side`` (parameter ``resize_mode``); ``--interp`` is a hidden alias."""
-    text = help or "Frame resize rule: nearest to --frame-size, or bilinear on the short side (SPEC section 2)."
+    text = help or "Frame resize rule: nearest to --frame-size, or bilinear on the short side (docs/METHOD.md §2)."
     return bare_or_configured(f, lambda: _decorator(
         ["--resize-mode", "--interp", "resize_mode"], ["--interp"], type=click.Choice(RESIZE_MODES),
         default=default, show_default=default is not None, help=text))

@@ -1,6 +1,6 @@
 """JIGSAWS reader (`get_dataset("jigsaws", root, task="all")`).
 
-Layout (SPEC section 8): `<root>/<Task>/video/<Task>_<trial>_capture1.avi` (left camera) and
+Layout (docs/METHOD.md §8): `<root>/<Task>/video/<Task>_<trial>_capture1.avi` (left camera) and
 `<root>/<Task>/meta_file_<Task>.txt`, one line per trial. The meta file is split on whitespace (tabs, with
 empty columns between some fields, collapse), giving 9 fields: trial name, skill level (N/I/E), GRS (6-30),
 then the six GRS parts (1-5 each). Blank lines are skipped; any other line that does not parse is a

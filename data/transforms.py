@@ -1,4 +1,4 @@
-"""Views and frame transforms (docs/ARCHITECTURE.md, SPEC section 2).
+"""Views and frame transforms (docs/ARCHITECTURE.md, docs/METHOD.md §2).
 
 `apply_view` turns uint8 frames [T, H, W, 3] into float32 [3, T, crop, crop]:
 
@@ -222,7 +222,7 @@ def clip_starts(n_frames: int, n_clips: int, clip_len: int = 16) -> list[int]:
     """Start frames of `n_clips` windows of `clip_len` frames in a sample of `n_frames`.
 
     Generic rule: round(linspace(0, T - clip_len, n_clips)) (JIGSAWS 160/10: 0, 16, ..., 144, windows
-    that do not overlap). For T = 103, 10 clips of 16 the protocol of SPEC section 2 is kept exactly
+    that do not overlap). For T = 103, 10 clips of 16 the protocol of docs/METHOD.md §2 is kept exactly
     (0, 10, ..., 80, 86); the generic rule would give 0, 10, 19, 29, ... there, so that case is a fixed
     table entry.
     """

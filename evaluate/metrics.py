@@ -1,4 +1,4 @@
-"""Metrics for action quality assessment on top of the per-run ones (SPEC section 1).
+"""Metrics for action quality assessment on top of the per-run ones (docs/METHOD.md §1).
 
     from evaluate.metrics import spearman, l2, rl2, fisher_z_mean, bootstrap_ci
 

@@ -1,4 +1,4 @@
-"""Published numbers (SPEC section 5), shown beside ours in their own labelled columns, never mixed in.
+"""Published numbers (docs/METHOD.md §5), shown beside ours in their own labelled columns, never mixed in.
 
 All of them come from end-to-end fine-tuned backbones (the papers' setting), not from this project's
 cached-feature runs, which freeze I3D and should be expected to score lower; every row says so
@@ -70,7 +70,7 @@ def published_table(datasets: set[str] | None = None) -> pd.DataFrame:
     rows are returned, so that the file still shows what the paper's setting reaches.
     """
     df = pd.DataFrame([r + (SETTING,) for r in _ROWS], columns=COLUMNS)
-    # readable order: dataset, then method (first appearance), then classes in SPEC order, averages last
+    # readable order: dataset, then method (first appearance), then classes in the paper's order, averages last
     methods = {m: i for i, m in enumerate(dict.fromkeys(df["method"]))}
     cls_rank = {c: i for i, c in enumerate(AQA7_CLASSES)}
     key = [(d, methods[m], cls_rank.get(c, len(cls_rank))) for d, m, c in

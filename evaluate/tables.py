@@ -8,7 +8,7 @@ folder's path (relative to the path given on the command line) above the ``<data
 that runs of a sweep kept in ``runs/<sweep-name>/<dataset>/...`` are never pooled with other runs; it is
 empty for the standard layout.
 
-Protocols (SPEC section 7):
+Protocols (docs/METHOD.md §7):
 - ``val-selected``: the epoch chosen on the validation split carved from training (``summary.selected``,
   predictions column ``pred``) -- the number to report;
 - ``final-epoch``: the last epoch (``summary.final``, column ``pred_final``);

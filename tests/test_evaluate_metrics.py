@@ -27,7 +27,7 @@ def test_fisher_z_mean_hand_computed():
 
 
 def test_fisher_z_mean_reproduces_spec_per_class_averages():
-    # SPEC section 5: USDL's six classes give 0.8102, CoRe's six give 0.8433; TPT publishes 0.8715 and its
+    # docs/METHOD.md §5: USDL's six classes give 0.8102, CoRe's six give 0.8433; TPT publishes 0.8715 and its
     # six rounded per-class values give 0.87136 (the paper averaged unrounded values), hence the looser bound
     assert fisher_z_mean([0.8099, 0.7570, 0.6538, 0.7109, 0.9166, 0.8878]) == pytest.approx(0.8102, abs=6e-5)
     assert fisher_z_mean([0.8969, 0.8043, 0.7336, 0.6965, 0.9456, 0.9545]) == pytest.approx(0.8715, abs=2e-4)

@@ -108,7 +108,7 @@ def test_table_rows_protocols_and_fisher_average(runs):
     assert math.isnan(_row(df, "diving", proto=BEST)["rho_ci_lo"])     # no predictions for it
     mlp = _row(df, "diving", head="mlp")
     assert mlp["rho"] == pytest.approx(0.7) and mlp["rho_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
-    # SPEC: CoRe's six published per-class values give 0.8433 under the Fisher-z mean
+    # docs/METHOD.md §5: CoRe's six published per-class values give 0.8433 under the Fisher-z mean
     avg = _row(df, "avg (Fisher z, 6/6 classes)")
     assert avg["rho"] == pytest.approx(0.8433, abs=6e-5)
     assert avg["RL2x100"] == pytest.approx(np.mean([1, 2, 3, 4, 5, 6]))     # arithmetic mean

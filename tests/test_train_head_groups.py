@@ -1,4 +1,4 @@
-"""Leaf intervals and leaf labels (SPEC section 4). Expected values are computed by hand in the comments."""
+"""Leaf intervals and leaf labels (docs/METHOD.md §4). Expected values are computed by hand in the comments."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Regression tree and heads (SPEC sections 4 and 5)."""
+"""Regression tree and heads (docs/METHOD.md §4 and §5)."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Training pairs and test voters (SPEC section 3)."""
+"""Training pairs and test voters (docs/METHOD.md §3)."""
 import logging
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""End-to-end fine-tuning: the I3D backbone and a head trained together from frames (SPEC section 6).
+"""End-to-end fine-tuning: the I3D backbone and a head trained together from frames (docs/METHOD.md §6).
 
     python -m train_head finetune --dataset mtl_aqa --root /data/MTL-AQA --head core_dd --epochs 200
     torchrun --nproc_per_node 4 -m train_head finetune --dataset aqa7 --root /data/AQA-7 --class diving

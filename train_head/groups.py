@@ -1,4 +1,4 @@
-"""Leaf intervals ("groups") of the regression tree and the leaf labels of relative scores (SPEC section 4).
+"""Leaf intervals ("groups") of the regression tree and the leaf labels of relative scores (docs/METHOD.md §4).
 
 A tree with depth ``D`` has ``L = 2**(D-1)`` leaves. Half of them cover negative relative scores, half
 positive ones; the positive edges are quantiles of the pairwise absolute score differences of the training

@@ -1,4 +1,4 @@
-"""Stage-two heads: the CoRe head and the baselines of SPEC section 5, behind one registry.
+"""Stage-two heads: the CoRe head and the baselines of docs/METHOD.md §5, behind one registry.
 
 ::
 
@@ -107,7 +107,7 @@ class ContrastiveMLPHead(Head):
 
 @register_head("core")
 class CoReHead(Head):
-    """CoRe: contrastive regression with the group-aware regression tree (SPEC section 4).
+    """CoRe: contrastive regression with the group-aware regression tree (docs/METHOD.md §4).
 
     ``groups`` (L, 2) from ``build_groups`` (L = 2**(depth-1)) is kept as a buffer, so it is saved in and
     restored from the state dict; ``groups=None`` leaves it NaN until ``load_state_dict`` fills it.

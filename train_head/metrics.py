@@ -1,4 +1,4 @@
-"""The per-run metrics: Spearman rho, L2 and relative L2 (SPEC section 1). The one implementation.
+"""The per-run metrics: Spearman rho, L2 and relative L2 (docs/METHOD.md §1). The one implementation.
 
     from train_head.metrics import spearman, l2, rl2, all_metrics
 

@@ -1,4 +1,4 @@
-"""Training pairs and test voters (SPEC section 3). All indices are positions in the arrays passed in.
+"""Training pairs and test voters (docs/METHOD.md §3). All indices are positions in the arrays passed in.
 
 ::
 

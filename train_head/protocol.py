@@ -1,4 +1,4 @@
-"""The training protocol of stage two, in one place and without I/O (SPEC sections 3-5, 7).
+"""The training protocol of stage two, in one place and without I/O (docs/METHOD.md §3-5, 7).
 
 Both modes (cached features, `trainer.py`; end-to-end fine-tuning, `finetune.py`) follow these rules
 through `loop.py`; nothing here reads or writes a file.

@@ -1,4 +1,4 @@
-"""The group-aware regression tree of CoRe (SPEC section 4).
+"""The group-aware regression tree of CoRe (docs/METHOD.md §4).
 
 ::
 
