@@ -42,7 +42,7 @@ from train_head.finetune_data import (Aug, ClipDataset, FrameStore, StoreLoader,
                                       augment, draw_augs, labels_of)
 from train_head.finetune_model import FinetuneModel, FrozenBNI3D, build_optimizer  # noqa: F401
 from train_head.heads import build_head
-from train_head.loop import Task, cpu_state, open_run, prepare, run
+from train_head.loop import Task, cpu_state, head_options, open_run, prepare, record_protocol, run
 from train_head.runenv import run_environment
 from train_head.protocol import TrainError
 from train_head.runfolder import RunFolder
@@ -68,7 +68,6 @@ class FinetuneTask(Task):
 
     def __init__(self, ctx, ds, samples, device: torch.device, info: xdist.DistInfo):
         from extract.weights import load_i3d
-        from train_head.trainer import head_options
 
         cfg = ctx.cfg
         self.ctx, self.cfg, self.device, self.info = ctx, cfg, device, info
@@ -235,14 +234,15 @@ def finetune(cfg: FinetuneConfig, *, force: bool = False, progress: bool = True,
         label = dataset_label(cfg.dataset, cfg.root)       # csv: csv-<stem>-<hash8>, else the name
         record = RunFolder.config_record(cfg, label, None, extra={"world_size": info.world_size})
         lock = RunFolder(cfg.run_dir(label)).lock() if info.is_main else contextlib.nullcontext()
+        samples = ds.samples()
+        ctx = prepare(cfg, labels_of(ds, samples), label, is_main=info.is_main)   # nothing written yet
         with lock:
             folder, resume = open_run(cfg, label, record, force=force, is_main=info.is_main)
             xdist.barrier(info)
             if resume is None:
                 return folder.path
-            samples = ds.samples()
+            record_protocol(ctx, folder)
             with run_environment(device=device, deterministic=cfg.deterministic):
-                ctx = prepare(cfg, labels_of(ds, samples), label, folder, is_main=info.is_main)
                 run(FinetuneTask(ctx, ds, samples, device, info), ctx, folder, resume=resume,
                     progress=progress, on_epoch_end=on_epoch_end)
         return folder.path

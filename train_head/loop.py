@@ -6,8 +6,9 @@ else exists once, here: opening the run folder (fresh / resume / complete), the 
 (`prepare`), the epoch loop with accumulation, evaluation with the fixed voter draw, validation
 selection, checkpoint cadence and resume, the selected and final predictions and the summary.
 
+    ctx = prepare(cfg, labels, dataset)                                # nothing written yet
     folder, resume = open_run(cfg, dataset, record, force=force)      # None when complete
-    ctx = prepare(cfg, labels, dataset, folder)
+    record_protocol(ctx, folder)
     task = MyTask(ctx, ...)
     run(task, ctx, folder, resume=resume)
 
@@ -147,8 +148,10 @@ def _config_diffs(folder: RunFolder, cfg, dataset: str) -> list[str]:
     return config_diff(old, new, keys)
 
 
-def prepare(cfg, labels, dataset: str, folder: RunFolder, *, is_main: bool = True) -> Context:
-    """Apply the protocol: unit and validation carve, targets, groups; write split.json and groups.json."""
+def prepare(cfg, labels, dataset: str, *, is_main: bool = True) -> Context:
+    """Apply the protocol (unit and validation carve, targets, groups) without writing anything: a run the
+    labels cannot serve (no difficulty for a DD head, no judges, too few videos) fails before its folder
+    is touched. `record_protocol` writes the result into the run folder."""
     head_cls = HEADS[cfg.head]
     streams = Streams.from_seed(cfg.seed)
     unit = make_unit(labels, cfg, streams)
@@ -156,18 +159,34 @@ def prepare(cfg, labels, dataset: str, folder: RunFolder, *, is_main: bool = Tru
     try:
         groups, n_clamped, n_pairs = pool_groups(head_cls, targets, unit, d_tr, cfg.depth, cfg.theta)
     except TrainError as exc:
-        raise TrainError(f"{folder.path}: {exc}") from None
+        raise TrainError(f"{cfg.run_dir(dataset)}: {exc}") from None
+    return Context(cfg, labels, dataset, head_cls, streams, unit, targets, d_tr, groups, n_clamped, is_main,
+                   extra={"n_pairs": n_pairs})
+
+
+def record_protocol(ctx: Context, folder: RunFolder) -> None:
+    """Warn about a small validation split and clamped pairs; the main process writes split.json and
+    groups.json."""
+    cfg, unit, labels = ctx.cfg, ctx.unit, ctx.labels
     if small_validation(len(unit.val)):
         log.warning("%s: %s", folder.path, small_validation(len(unit.val)))
-    if n_clamped:
+    if ctx.n_clamped:
         log.warning("%s: %d of %d training pair deltas exceed theta=%g and are clamped into the outer "
-                    "leaves", folder.path, n_clamped, n_pairs, cfg.theta)
-    if is_main:
-        if groups is not None:
-            folder.write_json("groups.json", {"groups": groups.tolist(), "theta": cfg.theta,
-                                              "n_clamped": n_clamped, "n_pairs": n_pairs})
+                    "leaves", folder.path, ctx.n_clamped, ctx.extra["n_pairs"], cfg.theta)
+    if ctx.is_main:
+        if ctx.groups is not None:
+            folder.write_json("groups.json", {"groups": ctx.groups.tolist(), "theta": cfg.theta,
+                                              "n_clamped": ctx.n_clamped, "n_pairs": ctx.extra["n_pairs"]})
         folder.write_split({k: labels.video_ids[getattr(unit, k)].tolist() for k in ("train", "val", "test")})
-    return Context(cfg, labels, dataset, head_cls, streams, unit, targets, d_tr, groups, n_clamped, is_main)
+
+
+def head_options(cfg, ctx: Context) -> dict[str, Any]:
+    """build_head's per-run options: the tree's leaf activation and, for heads that learn the judges, their
+    number (build_head passes each head only the options it takes)."""
+    opts: dict[str, Any] = {"leaf_activation": cfg.leaf_activation}
+    if ctx.head_cls.judges:
+        opts["n_judges"] = int(ctx.targets.shape[1])
+    return opts
 
 
 # ---------------------------------------------------------------------------------------- run

@@ -25,11 +25,11 @@ import torch
 
 from train_head.config import ConfigError, RunConfig
 from train_head.evaluator import Evaluator
-from train_head.heads import HEADS, build_head
+from train_head.heads import build_head
 from train_head.heads_sdl import judge_matrix
-from train_head.loop import Task, open_run, prepare, run
+from train_head.loop import Task, head_options, open_run, prepare, record_protocol, run
 from train_head.runenv import run_environment
-from train_head.protocol import Streams, TrainError, carve_validation, make_unit, run_targets  # noqa: F401
+from train_head.protocol import TrainError, carve_validation  # noqa: F401  (public names of stage two)
 from train_head.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -113,24 +113,6 @@ def resolve_views(data: CacheData, spec: str) -> np.ndarray:
     return np.asarray([names.index(w) for w in wanted], dtype=np.int64)
 
 
-def check_labels(cfg: RunConfig, data: CacheData) -> None:
-    """The protocol's checks of the run's labels (unit, targets: difficulty, judges' scores, the head's
-    target range), before anything is written: a run the cache cannot serve leaves no folder behind."""
-    head_cls = HEADS[cfg.head]
-    run_targets(head_cls, data, make_unit(data, cfg, Streams.from_seed(cfg.seed)), theta=cfg.theta)
-
-
-def head_options(cfg, ctx) -> dict[str, Any]:
-    """build_head's per-head options of this run: the tree's leaf activation (config field
-    `leaf_activation` where the config has it; the default otherwise) and the number of judges."""
-    opts: dict[str, Any] = {}
-    if getattr(cfg, "leaf_activation", None):
-        opts["leaf_activation"] = cfg.leaf_activation
-    if ctx.head_cls.judges:
-        opts["n_judges"] = int(ctx.targets.shape[1])
-    return opts
-
-
 # ------------------------------------------------------------------------------------------ task
 class CachedTask(Task):
     """Batches of pairs from the cached features on the device; evaluation on the test view."""
@@ -201,15 +183,15 @@ def train(cfg: RunConfig, *, force: bool = False, cache: CacheData | Any | None 
     else:
         data = cache if isinstance(cache, CacheData) else cache_data_from(cache)
     dataset = run_dataset(cfg, data)
-    check_labels(cfg, data)
+    ctx = prepare(cfg, data, dataset)          # the labels' checks, before anything is written
     device = resolve_device(cfg.device)
     record = RunFolder.config_record(cfg, dataset, data.attrs)
     with RunFolder(cfg.run_dir(dataset)).lock():
         folder, resume = open_run(cfg, dataset, record, force=force)
         if resume is None:
             return folder.path
+        record_protocol(ctx, folder)
         with run_environment(cfg.threads, device=device, deterministic=cfg.deterministic):
-            ctx = prepare(cfg, data, dataset, folder)
             run(CachedTask(ctx, data, device), ctx, folder, resume=resume, progress=progress,
                 on_epoch_end=on_epoch_end)
     return folder.path
