@@ -58,6 +58,26 @@ class ShippedMetadata:
             "%s: %s not under %s; using the shipped copy in %s", self.name, fname, self.root, self.shipped_dir)
         return self.shipped_dir / fname
 
+    def _split_keys(self, anno, anno_path, as_key, key_desc: str):
+        """(key, split) of every entry of the train and test split files, in file order: each key made by
+        `as_key(entry, where)`, present in the annotation `anno` (read from `anno_path`) and in one split
+        only; the files used are recorded in `meta_files`."""
+        seen: dict = {}
+        for split in ("train", "test"):
+            path = self.meta_files[split] = self._meta_path(split)
+            keys = load_metadata(path, f"{self.name} {split} split")
+            if not isinstance(keys, (list, tuple)):
+                raise DataError(f"{path}: expected a list of {key_desc} keys, got {type(keys).__name__}")
+            for k in keys:
+                key = as_key(k, str(path))
+                if key not in anno:
+                    raise DataError(f"{path}: key {key} is not in the annotations {anno_path}; use the split "
+                                    "files that came with them")
+                if key in seen:
+                    raise DataError(f"{path}: key {key} is listed in both {seen[key]} and {split}")
+                seen[key] = split
+                yield key, split
+
 
 def load_metadata(path, what: str):
     """A dataset's pickled annotation or split file through the restricted unpickler (plain data only);

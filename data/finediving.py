@@ -181,23 +181,8 @@ class FineDiving(ShippedMetadata, Dataset):
                             f"{type(anno).__name__}")
         anno = {_as_key(k, str(anno_path)): v for k, v in anno.items()}
         steps = self._steps(anno_path.parent / FINE_FILE)
-        out: list[Sample] = []
-        seen: dict[tuple[str, int], str] = {}
-        for split in ("train", "test"):
-            path = self.meta_files[split] = self._meta_path(split)
-            keys = load_metadata(path, f"FineDiving {split} split")
-            if not isinstance(keys, (list, tuple)):
-                raise DataError(f"{path}: expected a list of (competition, index) keys, got {type(keys).__name__}")
-            for k in keys:
-                key = _as_key(k, str(path))
-                if key not in anno:
-                    raise DataError(f"{path}: key {key} is not in the annotation {anno_path}; use the split "
-                                    "files that came with that annotation")
-                if key in seen:
-                    raise DataError(f"{path}: key {key} is listed in both {seen[key]} and {split}")
-                seen[key] = split
-                out.append(self._sample(key, anno[key], split, f"{anno_path} key {key}", steps.get(key)))
-        return out
+        return [self._sample(key, anno[key], split, f"{anno_path} key {key}", steps.get(key))
+                for key, split in self._split_keys(anno, anno_path, _as_key, "(competition, index)")]
 
     def _steps(self, path: Path) -> dict:
         if not path.is_file():

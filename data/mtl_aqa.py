@@ -77,23 +77,8 @@ class MTLAQA(ShippedMetadata, Dataset):
         if not isinstance(anno, dict):
             raise DataError(f"{anno_path}: expected a dict keyed by (video_no, clip_no), got {type(anno).__name__}")
         anno = {_as_key(k, str(anno_path)): v for k, v in anno.items()}
-        out: list[Sample] = []
-        seen: dict[tuple[int, int], str] = {}
-        for split in ("train", "test"):
-            path = self._meta_path(split)
-            self.meta_files[split] = path
-            keys = load_metadata(path, f"MTL-AQA {split} split")
-            if not isinstance(keys, (list, tuple)):
-                raise DataError(f"{path}: expected a list of (video_no, clip_no) keys, got {type(keys).__name__}")
-            for k in keys:
-                key = _as_key(k, str(path))
-                if key not in anno:
-                    raise DataError(f"{path}: key {key} is not in the annotations {anno_path}")
-                if key in seen:
-                    raise DataError(f"{path}: key {key} is listed in both {seen[key]} and {split}")
-                seen[key] = split
-                out.append(self._sample(key, anno[key], split, anno_path))
-        return out
+        return [self._sample(key, anno[key], split, anno_path)
+                for key, split in self._split_keys(anno, anno_path, _as_key, "(video_no, clip_no)")]
 
     def _sample(self, key, a, split, anno_path) -> Sample:
         where = f"{anno_path} key {key}"
