@@ -126,7 +126,6 @@ def _run_and_report(cfgs, *, jobs, scheduler, force) -> None:
     """Run planned configs (joblib or dask), turning user errors into one clear message, then report."""
     from train_head.sweep import run_many   # lazy: keeps `--help` fast
 
-    click.echo(f"{len(cfgs)} run(s)")
     from data.locks import LockedError
 
     try:

@@ -159,17 +159,17 @@ def _run_one(cfg_dict: dict[str, Any], force: bool, pooled: bool = False, bar: b
     row = {"run_dir": str(cfg.run_dir(cfg.dataset or "?")), "selected_rho": None, "final_rho": None,
            "selected_epoch": None}
     try:
-        return {**_train_and_summarise(cfg, force, progress=bar), "seconds": time.perf_counter() - t0}
+        out = _train_and_summarise(cfg, force, progress=bar)
     except UnitTooSmall as exc:  # e.g. a class with a single video under --class all: reported, skipped
         log.warning("run %s skipped: %s", row["run_dir"], exc)
-        return {**row, "status": "skipped", "error": str(exc), "seconds": time.perf_counter() - t0}
+        out = {**row, "status": "skipped", "error": str(exc)}
     except (ValueError, OSError, LockedError) as exc:  # an error of the data or options: its message says it all
         log.error("run %s failed: %s", row["run_dir"], exc)
-        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
+        out = {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:  # one failing run must not stop a sweep; it is reported below
         log.error("run %s failed: %s", row["run_dir"], exc)
-        return {**row, "status": "failed", "seconds": time.perf_counter() - t0,
-                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
+        out = {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
+    return {**out, "seconds": time.perf_counter() - t0}
 
 
 def run_many(cfgs: Sequence[RunConfig], *, jobs: int = 1, scheduler: str | None = None,

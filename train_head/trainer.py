@@ -209,7 +209,3 @@ def run_dataset(cfg: RunConfig, data: CacheData) -> str:
         raise TrainError(f"{data.path} holds dataset {held!r}, the config asks for {cfg.dataset!r}; point --cache "
                          "to the right file or drop --dataset")
     return label
-
-
-def is_complete(run_dir) -> bool:
-    return RunFolder(run_dir).complete
