@@ -17,10 +17,7 @@ INFER_PAIRS = 16384
 
 
 class Evaluator:
-    """Predicts a fixed query set against a fixed voter draw from the training pool.
-
-    All queries x voters go through the head in a few large batches of `INFER_PAIRS` pairs.
-    """
+    """Predicts a fixed query set against a fixed voter draw from the training pool (module docstring)."""
 
     def __init__(self, head_cls, q_feats: torch.Tensor, q_scores: np.ndarray, q_diff: np.ndarray | None,
                  pool_feats: torch.Tensor, pool_t: torch.Tensor, pool_diff: np.ndarray | None, voters: int,
