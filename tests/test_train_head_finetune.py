@@ -182,14 +182,21 @@ def test_torchrun_two_processes_equal_one_process(run_a, root, tmp_path):
     np.testing.assert_allclose(lm, la, rtol=1e-4)
     # Tolerances: float32 sums in another order (two half-batch means all-reduced vs one batch mean, 1 vs 2
     # threads) differ by ~1e-7 relative per gradient entry. Adam normalises each update to about lr per
-    # weight, so for entries whose gradient is near zero that rounding can move the update by a good part of
-    # lr: weights are compared to 10% of the largest possible motion (2 updates x lr of their group).
+    # weight, so for an entry whose gradient is near zero that rounding can move the update by up to its
+    # whole size, in either direction: every weight must lie within the two runs' largest possible motion
+    # apart (2 x 2 updates x lr of its group), and all but a handful (1 in 10^4: one entry of a 213k-weight
+    # conv was seen at 13 %) within 10 % of one run's motion (2 updates x lr).
     updates = 2
     for name, lr in (("model_final.pt", cfg.lr_head), ("backbone_final.pt", cfg.lr_backbone)):
         a = torch.load(run / name, weights_only=True)
         m = torch.load(run_m / name, weights_only=True)
+        n_far = n_all = 0
         for k in a:
-            torch.testing.assert_close(m[k], a[k], rtol=0, atol=0.1 * updates * lr, msg=f"{name} {k}")
+            torch.testing.assert_close(m[k], a[k], rtol=0, atol=2 * updates * lr * 1.001, msg=f"{name} {k}")
+            if a[k].is_floating_point():
+                n_far += int(((m[k] - a[k]).abs() > 0.1 * updates * lr).sum())
+                n_all += a[k].numel()
+        assert n_far <= max(1, n_all // 10_000), f"{name}: {n_far} of {n_all} weights differ by > 10% of 2 x lr"
     # Adam is invariant to the gradient's scale, so also compare its first moment (a running mean of the
     # raw gradients): a sum instead of a mean over ranks, or a wrong share of the last micro-batch, shows here
     sa = torch.load(run / "checkpoint.pt", weights_only=True)["optim"]["state"]
