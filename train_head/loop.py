@@ -109,11 +109,11 @@ FIRST_MOMENT_FLOOR = 2.0 ** -100          # ~7.9e-31
 FLUSH_EVERY = 64                          # optimiser steps between flushes inside an epoch (also at its start)
 
 
-def flush_subnormal_state(optim: torch.optim.Optimizer) -> int:
+def flush_subnormal_state(optim: torch.optim.Optimizer) -> None:
     """Set the optimiser's CPU state entries that are, or are about to be, subnormal floats to zero: the
     first moments (``exp_avg``) below `FIRST_MOMENT_FLOOR` and every other floating state entry below the
-    dtype's smallest normal number (1.18e-38 in float32). Returns how many entries changed. `run` calls it
-    at each epoch's start and every `FLUSH_EVERY` optimiser steps.
+    dtype's smallest normal number (1.18e-38 in float32). `run` calls it at each epoch's start and every
+    `FLUSH_EVERY` optimiser steps.
 
     Why: a unit whose ReLU never fires gets exactly zero gradient, and Adam's first moment then decays by
     beta1 = 0.9 per step until, some 800 steps later, it is subnormal; it stays so for another ~150 steps
@@ -127,19 +127,14 @@ def flush_subnormal_state(optim: torch.optim.Optimizer) -> int:
     flush-to-zero mode would also avoid the slow path, but it is a per-thread setting that the intra-op
     worker threads only inherit when it is set before they start.) CUDA state is left alone: GPUs compute
     on subnormals at full speed."""
-    n = 0
     for state in optim.state.values():
         for key, t in state.items():
             if key == "step" or not isinstance(t, torch.Tensor) or t.device.type != "cpu" \
                     or not t.is_floating_point() or t.numel() == 0:
                 continue
             floor = FIRST_MOMENT_FLOOR if key == "exp_avg" else torch.finfo(t.dtype).tiny
-            small = t.abs() < floor
-            k = int(small.sum()) - int((t == 0).sum())
-            if k:
-                t.masked_fill_(small, 0)
-                n += k
-    return n
+            # one mask, one fill (~4 ms per call for core_dd's 2 x 2.5 M entries; counting them cost 4x that)
+            t.masked_fill_(t.abs() < floor, 0)
 
 
 # ------------------------------------------------------------------------------------ opening
