@@ -134,7 +134,7 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    load_cache_data(cache, "mtl_aqa")
+    data = load_cache_data(cache, "mtl_aqa")
     t_load = time.perf_counter() - t0
     print(f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, device {args.device}, "
           f"{os.cpu_count()} CPUs; cache load + mean over clips {t_load:.1f} s")
@@ -147,7 +147,7 @@ def main() -> None:
                              out=str(out), threads=args.threads, **overrides)
         load = os.getloadavg()[0]
         t1, c1 = time.perf_counter(), time.process_time()
-        run = train(cfg, progress=False)
+        run = train(cfg, progress=False, cache=data)      # the cache read above: its time is printed apart
         t_train, cpu = time.perf_counter() - t1, time.process_time() - c1
         rho = json.loads((run / "summary.json").read_text())["final"]["rho"]
         print(f"{head:16s} {preset:13s} {args.epochs:6d} {t_train:8.1f} {t_train / args.epochs * 1000:8.0f} "

@@ -63,7 +63,6 @@ def _sub(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]
 
 
 class FinetuneTask(Task):
-    grad_set_to_none = True
     mode = "finetune"
 
     def __init__(self, ctx, ds, samples, device: torch.device, info: xdist.DistInfo):

@@ -60,7 +60,6 @@ class Task:
     model: torch.nn.Module
     head: torch.nn.Module
     optim: torch.optim.Optimizer
-    grad_set_to_none = False      # zeroing keeps the gradient buffers (cached heads: no page faults)
     desc = ""
     mode: str | None = None
 
@@ -263,7 +262,7 @@ def run(task: Task, ctx: Context, folder: RunFolder, *, resume: bool, progress: 
             log.warning("%s: epoch %d has no training pair (no two pool videos share a difficulty); "
                         "nothing to train", folder.path, epoch)
         total = torch.zeros((), dtype=torch.float64)
-        task.optim.zero_grad(set_to_none=task.grad_set_to_none)
+        task.optim.zero_grad()
         n_steps = 0
         for b, step in enumerate(task.batches(q, e, rng)):
             sync = (b + 1) % cfg.grad_accum == 0 or b + 1 == n_batches
@@ -273,7 +272,7 @@ def run(task: Task, ctx: Context, folder: RunFolder, *, resume: bool, progress: 
             total = total.to(loss.device) + loss.detach().double() * n_local
             if sync:
                 task.optim.step()
-                task.optim.zero_grad(set_to_none=task.grad_set_to_none)
+                task.optim.zero_grad()
                 n_steps += 1
                 if n_steps % FLUSH_EVERY == 0:
                     flush_subnormal_state(task.optim)
