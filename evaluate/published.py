@@ -28,6 +28,10 @@ CORE = "Yu et al., ICCV 2021 (CoRe), Tables 1-2"
 CORE_PAPER = "Yu et al., ICCV 2021 (CoRe)"
 TANG = "Tang et al., CVPR 2020 (USDL/MUSDL)"
 BAI = "Bai et al., ECCV 2022 (TPT)"
+# The FineDiving paper's results table, transcribed from the Awesome-AQA list (Lyman-Smoker/Awesome-AQA,
+# Benchmarks.md, section "FineDiving"); the paper itself could not be opened here to check them.
+XU = "Xu et al., CVPR 2022 (FineDiving), via the Awesome-AQA list; not checked against the paper here"
+FINEDIVING = "finediving"
 AQA7_AVG = "avg (Fisher z, 6 classes)"
 JIGSAWS_AVG = "avg (Fisher z, 3 tasks, 4-fold)"
 
@@ -44,6 +48,17 @@ _ROWS: list[tuple[str, str, str, float, float, str, str]] = [
     ("mtl_aqa", "mtl_aqa", "MUSDL", 0.9273, 0.451, TANG, ""),
     ("mtl_aqa", "mtl_aqa", "TPT", 0.9607, 0.238, BAI, "context"),
     ("mtl_aqa", "mtl_aqa", "HGCN", 0.9463, 0.311, "source not recorded", "context"),
+    # FineDiving: "w/o DN" / "w/ DN" as the paper labels its two settings (DN: the dive number). Our heads
+    # pair with the w/o DN rows only: our core_dd picks exemplars by difficulty, not by dive number, so
+    # nothing published is its counterpart (docs/FINEDIVING.md, "Published numbers").
+    ("finediving", FINEDIVING, "USDL", 0.8302, 0.5927, XU, "w/o DN"),
+    ("finediving", FINEDIVING, "MUSDL", 0.8427, 0.5733, XU, "w/o DN"),
+    ("finediving", FINEDIVING, "CoRe", 0.8631, 0.5565, XU, "w/o DN"),
+    ("finediving", FINEDIVING, "TSA", 0.8925, 0.4782, XU, "w/o DN; context"),
+    ("finediving", FINEDIVING, "USDL (w/ DN)", 0.8913, 0.3822, XU, "w/ DN"),
+    ("finediving", FINEDIVING, "MUSDL (w/ DN)", 0.8978, 0.3704, XU, "w/ DN"),
+    ("finediving", FINEDIVING, "CoRe (w/ DN)", 0.9061, 0.3615, XU, "w/ DN"),
+    ("finediving", FINEDIVING, "TSA (w/ DN)", 0.9203, 0.3420, XU, "w/ DN; context"),
     ("jigsaws", JIGSAWS_AVG, "MUSDL", 0.70, _NAN, TANG, ""),
     ("jigsaws", JIGSAWS_AVG, "CoRe", 0.85, _NAN, CORE_PAPER, ""),
 ]
@@ -90,8 +105,8 @@ def _published_label(dataset: str, label: str) -> str | None:
         if label.startswith("avg"):
             return AQA7_AVG if "6/6 classes" in label else None
         return label if label in AQA7_CLASSES else None
-    if dataset == "mtl_aqa":
-        return "mtl_aqa" if label in ("mtl_aqa", "all", "") else None
+    if dataset in ("mtl_aqa", FINEDIVING):
+        return dataset if label in (dataset, "all", "") else None
     if dataset == "jigsaws":
         ok = label.startswith("avg") and "3 tasks x 4 4fold folds" in label
         return JIGSAWS_AVG if ok else None

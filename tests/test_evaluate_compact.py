@@ -174,3 +174,23 @@ def test_latex_compiles(tables, tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stdout[-3000:]
         assert (tmp_path / name).with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_finediving_rows_pair_with_the_published_w_o_dn_numbers(tmp_path):
+    root = tmp_path / "runs"
+    for head in ("core", "core_dd", "usdl", "musdl", "mlp"):
+        _patch(write_run(root / "finediving" / "all" / head / "seed0", dataset="finediving", cls="all", head=head,
+                         rl2=0.005, tree=head.startswith("core")), selection="best validation rho")
+    runs, _ = find_runs([root])
+    compact = compact_frame(build_table(runs, n_boot=20))
+    got = {m: (r["published_rho"], r["published_RL2x100"]) for m, r in
+           zip(compact["method"], compact.to_dict("records"))}
+    assert got["CoRe"] == (0.8631, 0.5565) and got["MUSDL"] == (0.8427, 0.5733) and got["USDL"] == (0.8302, 0.5927)
+    # core_dd picks exemplars by difficulty, the published "w/ DN" rows by dive number: not paired; no I3D+MLP row
+    for m in ("CoRe w/ DD", "I3D+MLP"):
+        r = compact[compact["method"] == m].iloc[0]
+        assert r["published_source"] == "" and r["published_rho"] != r["published_rho"], m   # NaN
+    src = compact.loc[compact["method"] == "CoRe", "published_source"].item()
+    assert src.startswith("Xu et al., CVPR 2022 (FineDiving)") and "not checked" in src
+    md = to_markdown(compact, n_boot=20)
+    assert "0.8631" in md and "FineDiving" in md
