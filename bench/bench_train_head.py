@@ -18,9 +18,17 @@ time per epoch, the process's CPU time (all threads; with --threads 1 less sensi
 to other jobs on the machine) and the final test rho. `--epochs k` runs k epochs instead; the time of
 200 epochs is then NOT measured (the table says which epochs ran).
 
+The cache is read once, before the heads run (its time is printed apart); each head's time is its whole
+`train` call on it (protocol, training, evaluation, checkpoints, final predictions, run files).
+
 The numbers depend on the machine's load: the load average is printed with them. History (2-core AMD
 EPYC VM, torch 2.13.0 CPU): core_dd on random features, before the tree fast paths (commit e8da788) 2.1
-s/epoch at 1 thread under load ~4; after them 635 ms/epoch, 200 epochs 127.0 s at 2 threads (idle).
+s/epoch at 1 thread under load ~4; after them 635 ms/epoch, 200 epochs 127.0 s at 2 threads (idle). On
+this learnable cache the epochs slowed from ~400 to ~650 ms after epoch 20: Adam's first moments of dead
+units decayed into subnormal floats (train_head.loop.flush_subnormal_state), and every large temporary
+was new memory the kernel faulted in (train_head.runenv.keep_freed_memory). With both fixed the full
+core_dd schedule went from 124.8 s to 55.6-58.9 s at 2 threads, with byte-identical metrics, predictions
+and models (issue 14's numbers are in the README).
 """
 from __future__ import annotations
 

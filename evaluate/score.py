@@ -23,7 +23,7 @@ What happens, and why each step is tied to the run:
 4. Features: ``extract.pipeline.featurize_frames`` with the cache's *test* view and frame config
    (resize, crop, normalisation), its ``n_clips`` and, on CUDA, its extraction precision; the per-clip features are rounded to float16 as the
    cache stores them, then averaged over clips (as the trainer does).
-5. Head: ``train_head.heads.build_head`` with the run's head/depth/hidden/theta and groups.json, then
+5. Head: ``train_head.loop.build_run_head`` from the run's typed config (as training built it) and groups.json, then
    ``model_selected.pt`` (``model="selected"``, default: the validation-selected epoch) or ``model_final.pt``
    (``model="final"``: the last epoch), weights_only=True. The selected model comes with a note when the
    run's validation split (summary.json ``n_val``) is too small to trust: fewer than
@@ -91,15 +91,14 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
     from data.transforms import FrameConfig, View
     from extract.pipeline import featurize_frames
     from extract.weights import weights_sha256
-    from train_head.heads import HEADS, build_head
+    from train_head.heads import HEADS
+    from train_head.loop import build_run_head
     from train_head.pairs import draw_voters
 
     run = load_run(run_dir)
-    cfg = run["config"]
-    head_name = cfg.get("head")
-    if head_name not in HEADS:
-        raise ScoreError(f"{run['dir']}/config.json: unknown head {head_name!r}; heads: {sorted(HEADS)}")
-    head_cls = HEADS[head_name]
+    cfg, rc = run["config"], run["run_config"]          # config.json as written; the typed config
+    head_name = rc.head
+    head_cls = HEADS[head_name]                          # the typed config refuses unknown heads
     if voters < 1:
         raise ScoreError(f"--voters must be >= 1, got {voters}")
     if head_cls.dd:
@@ -112,7 +111,7 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
         log.info("head %s does not use difficulty; --difficulty %s ignored", head_name, difficulty)
 
     # ---- the cache, checked against what the run was trained on
-    cache_path = cfg.get("cache")
+    cache_path = rc.cache
     if not cache_path:
         raise ScoreError(f"{run['dir']}/config.json names no cache file")
     run_attrs = cfg.get("cache_attrs") or {}
@@ -200,14 +199,11 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
         groups = np.asarray(run["groups"]["groups"], dtype=np.float64)
     try:
         state = run["folder"].load(f"model_{which}.pt")
-        hidden = int(cfg.get("hidden", 256))
-        # the options the run was built with (runs saved before `leaf_activation` existed had sigmoid leaves)
-        options = {"leaf_activation": cfg.get("leaf_activation", "sigmoid")} if head_cls.tree else {}
+        n_judges = None
         if head_cls.judges:
             from train_head.heads_sdl import n_judges_of
-            options["n_judges"] = n_judges_of(state, hidden)
-        head = build_head(head_name, feat_dim=int(pool_f.shape[1]), theta=float(cfg.get("theta", 100.0)),
-                          depth=int(cfg.get("depth", 5)), hidden=hidden, groups=groups, **options)
+            n_judges = n_judges_of(state, rc.hidden)
+        head = build_run_head(rc, pool_f.shape[1], groups, n_judges)        # as training built it
         head.load_state_dict(state)
     except (RuntimeError, ValueError, OSError) as e:
         raise ScoreError(f"{run['dir']}/model_{which}.pt does not fit head {head_name!r} of config.json "

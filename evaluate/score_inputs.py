@@ -80,9 +80,9 @@ def _model_notes(model: str, summary: dict) -> list[str]:
 
 
 def load_run(run_dir: str | Path) -> dict:
-    """config, summary, groups (None for non-tree heads), split (may be None) of a complete run; the
-    config's cache path is the absolute one recorded at training time when the relative one does not
-    resolve from the current folder."""
+    """config (config.json as written: provenance, cache_attrs), run_config (the typed config,
+    `RunFolder.load_config`: its cache path resolves from the current folder), summary, groups (None for
+    non-tree heads), split (may be None) of a complete run."""
     from train_head.runfolder import RunFolder, RunFolderError
 
     folder = RunFolder(run_dir)
@@ -91,8 +91,7 @@ def load_run(run_dir: str | Path) -> dict:
         raise ScoreError(f"{run} is not a folder; --run takes a run folder (with config.json)")
     try:
         cfg = folder.read_config()
-        if cfg.get("cache") and not Path(cfg["cache"]).is_file() and cfg.get("cache_path"):
-            cfg["cache"] = cfg["cache_path"]
+        run_config = folder.load_config()          # typed; its cache path resolves from here
         if folder.summary() is None:
             raise ScoreError(f"{run}: no summary.json, the run has not finished; finish or rerun training first")
         if not folder.complete:
@@ -100,7 +99,7 @@ def load_run(run_dir: str | Path) -> dict:
         for name in ("model_selected.pt", "model_final.pt"):
             if not folder.file(name).is_file():
                 raise ScoreError(f"{folder.file(name)} not found; the run folder is incomplete, retrain it")
-        return {"dir": run, "folder": folder, "config": cfg, "summary": folder.summary(),
+        return {"dir": run, "folder": folder, "config": cfg, "run_config": run_config, "summary": folder.summary(),
                 "groups": folder.read_json("groups.json", required=False),
                 "split": folder.read_json("split.json", required=False)}
     except RunFolderError as e:

@@ -268,3 +268,10 @@ def test_extract_and_train_end_to_end(tmp_path):
         s = json.loads((run / "summary.json").read_text())
         cfg = json.loads((run / "config.json").read_text())
         assert s["complete"] and cfg["theta"] == (30.0 if head == "musdl" else 115.0)
+    # the words, through make itself: `make train DATASET=finediving HEAD=musdl` on that cache
+    from tests.test_cli_words import _make
+
+    out = _make("train", "DATASET=finediving", "HEAD=musdl", f"FEATURES={cache}", f"RUNS={tmp_path / 'make_runs'}",
+                "EPOCHS=2", "SEEDS=0", "DEVICE=cpu")
+    s = json.loads((tmp_path / "make_runs" / "finediving" / "all" / "musdl" / "seed0" / "summary.json").read_text())
+    assert s["complete"] and s["head"] == "musdl" and np.isfinite(s["selected"]["rho"]), out

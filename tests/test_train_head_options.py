@@ -43,3 +43,40 @@ def test_tensorboard_from_the_config(tmp_path):
     # logging is not part of what decides the numbers: the run without it is the same run (no retrain)
     again = train(resolve_config(None, cache=str(cache), out=str(tmp_path), **SMALL), progress=False)
     assert again == run and json.loads((run / "summary.json").read_text())["complete"]
+
+
+def test_training_and_scoring_build_the_head_in_one_place(tmp_path):
+    """train_head.loop.build_run_head is what training and `evaluate score` both call: the head it rebuilds
+    from a saved run's typed config loads that run's weights and predicts what the run predicted, for a
+    sigmoid-leaf run and for a run saved before `leaf_activation` existed (its trees had sigmoid leaves)."""
+    import numpy as np
+    import torch
+
+    from train_head.loop import build_run_head
+    from train_head.runfolder import RunFolder
+    from train_head.trainer import load_cache_data
+
+    cache = learnable_cache(tmp_path / "c.h5", n=24, dim=8)
+    run = train(resolve_config(None, cache=str(cache), out=str(tmp_path / "r"), leaf_activation="sigmoid", **SMALL),
+                progress=False)
+    rec = json.loads((run / "config.json").read_text())
+    del rec["leaf_activation"]                                   # as an old run's config.json
+    (run / "config.json").write_text(json.dumps(rec))
+    folder = RunFolder(run)
+    groups = np.asarray(folder.read_json("groups.json")["groups"])
+    head = build_run_head(folder.load_config(), 8, groups)
+    assert head.tree_net.leaf_activation == "sigmoid"
+    head.load_state_dict(torch.load(run / "model_final.pt", weights_only=True))
+    data = load_cache_data(cache)
+    split = folder.read_json("split.json")
+    ids = list(data.video_ids)
+    q = [ids.index(v) for v in split["test"]]
+    pool = [ids.index(v) for v in split["train"]]
+    pred = pd.read_csv(run / "predictions.csv", keep_default_na=False)
+    tv = data.test_view
+    f = torch.from_numpy(data.feats[:, tv])
+    pool_t = torch.from_numpy(data.scores[pool]).float()
+    idx = torch.tensor([[pool.index(ids.index(e)) for e in row.split()] for row in pred["exemplars"]])
+    with torch.inference_mode():
+        p = head.eval().predict_indexed(f[q], f[pool], pool_t, idx)
+    np.testing.assert_allclose(p.target.double().numpy(), pred["pred_final"].to_numpy(), rtol=1e-5)

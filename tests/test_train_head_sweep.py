@@ -103,3 +103,16 @@ def test_failing_run_is_reported_and_others_finish(cache_path, tmp_path):
     assert res.exit_code == 1
     assert "FAILED" in res.output and "difficulty" in res.output
     assert (tmp_path / "synthetic" / "all" / "core" / "seed0" / "summary.json").is_file()
+
+
+def test_pooled_runs_say_which_thread_count_they_ran_with(cache_path, tmp_path, caplog):
+    import logging
+    import os
+
+    tiny = ["--epochs", "2", "--depth", "3", "--voters", "3", "--set", "hidden=16", "--batch-size", "16"]  # threads=0
+    with caplog.at_level(logging.INFO, logger="train_head.sweep"):
+        _sweep(["--cache", str(cache_path), "--out", str(tmp_path), *tiny, "--grid", "seeds=0,1", "--jobs", "2"])
+    assert "--set threads=N" in caplog.text          # the numbers depend on the thread count: said, not hidden
+    per_worker = max(1, (os.cpu_count() or 1) // 2)  # joblib's cap for 2 loky workers
+    for s in tmp_path.rglob("summary.json"):
+        assert json.loads(s.read_text())["torch_threads"] == per_worker

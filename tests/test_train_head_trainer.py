@@ -54,6 +54,7 @@ def test_run_folder_contract(cache_path, tmp_path):
     assert m["epoch"].tolist() == [1, 2, 3, 4] and m.notna().all().all()
     s = json.loads((run / "summary.json").read_text())
     assert s["complete"] is True and s["final_epoch"] == 4 and s["n_train"] + s["n_val"] + s["n_test"] == 60
+    assert s["torch_threads"] == 1                             # SMALL: threads=1
     # selection: best validation rho, earliest on ties; test numbers only in best_on_test
     best = m["val_rho"].max()
     assert s["selected_epoch"] == int(m.loc[m["val_rho"] == best, "epoch"].min())

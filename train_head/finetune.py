@@ -41,8 +41,7 @@ from train_head.evaluator import Evaluator
 from train_head.finetune_data import (Aug, ClipDataset, FrameStore, StoreLoader, clip_loader, crop_flip,  # noqa: F401
                                       augment, draw_augs, labels_of)
 from train_head.finetune_model import FinetuneModel, FrozenBNI3D, build_optimizer  # noqa: F401
-from train_head.heads import build_head
-from train_head.loop import Task, cpu_state, head_options, open_run, prepare, record_protocol, run
+from train_head.loop import Task, build_run_head, cpu_state, open_run, prepare, record_protocol, run
 from train_head.runenv import run_environment
 from train_head.protocol import TrainError
 from train_head.runfolder import RunFolder
@@ -77,8 +76,7 @@ class FinetuneTask(Task):
         backbone = FrozenBNI3D(load_i3d(cfg.weights, device="cpu"), train_bn_bias=cfg.train_bn_bias,
                                train_from=cfg.train_from, checkpoint_activations=cfg.checkpoint_activations)
         torch.manual_seed(ctx.streams.torch)
-        head = build_head(cfg.head, feat_dim=I3D.feature_dim, theta=cfg.theta, depth=cfg.depth,
-                          hidden=cfg.hidden, groups=ctx.groups, **head_options(cfg, ctx))
+        head = build_run_head(cfg, I3D.feature_dim, ctx.groups, ctx.n_judges)
         self.model = FinetuneModel(backbone, head, amp=amp, channels_last=channels_last).to(device)
         if channels_last:
             self.model.backbone.to(memory_format=torch.channels_last_3d)

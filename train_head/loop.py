@@ -53,6 +53,11 @@ class Context:
     is_main: bool = True
     extra: dict = field(default_factory=dict)
 
+    @property
+    def n_judges(self) -> int | None:
+        """How many judges' scores the head learns (heads with `judges`), else None."""
+        return int(self.targets.shape[1]) if self.head_cls.judges else None
+
 
 class Task:
     """What a mode supplies. Subclasses set `model` (what is checkpointed and selected), `head`,
@@ -213,13 +218,18 @@ def record_protocol(ctx: Context, folder: RunFolder) -> None:
         folder.write_split({k: labels.video_ids[getattr(unit, k)].tolist() for k in ("train", "val", "test")})
 
 
-def head_options(cfg, ctx: Context) -> dict[str, Any]:
-    """build_head's per-run options: the tree's leaf activation and, for heads that learn the judges, their
-    number (build_head passes each head only the options it takes)."""
-    opts: dict[str, Any] = {"leaf_activation": cfg.leaf_activation}
-    if ctx.head_cls.judges:
-        opts["n_judges"] = int(ctx.targets.shape[1])
-    return opts
+def build_run_head(cfg, feat_dim: int, groups=None, n_judges: int | None = None):
+    """The head a run config describes: the one place that turns a config into `build_head`'s arguments
+    (head, theta, depth, hidden, the tree's leaf activation and, for heads that learn the judges' scores,
+    their number). Training (cached and fine-tuning, through `Context.n_judges`) and `evaluate score`
+    (rebuilding a saved run from its typed config) both call it."""
+    from train_head.heads import build_head
+
+    options: dict[str, Any] = {"leaf_activation": cfg.leaf_activation}
+    if n_judges is not None:
+        options["n_judges"] = int(n_judges)
+    return build_head(cfg.head, feat_dim=int(feat_dim), theta=cfg.theta, depth=cfg.depth, hidden=cfg.hidden,
+                      groups=groups, **options)
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -338,7 +348,7 @@ def _finish(task: Task, ctx: Context, folder: RunFolder, rows, best, best_state,
     summary = summary_record(cfg, ctx.labels, unit, ctx.dataset, rows, best, sel[0], fin[0],
                              n_dropped_pairs=n_dropped, n_clamped=ctx.n_clamped,
                              voters=cfg.voters if ctx.head_cls.pairwise else 0, mode=task.mode,
-                             extra=task.summary_extra())
+                             extra={**task.summary_extra(), "torch_threads": torch.get_num_threads()})
     folder.write_json("timing.json", {"seconds": time.perf_counter() - t_start})
     folder.write_json("summary.json", summary)
     task.barrier()

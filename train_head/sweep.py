@@ -197,6 +197,11 @@ def run_many(cfgs: Sequence[RunConfig], *, jobs: int = 1, scheduler: str | None 
         return rows
     from joblib import Parallel, delayed
 
+    if any(not p.get("threads") for p in payload):
+        # joblib caps each worker's threads (cpu_count // jobs); float sums then run in another order than
+        # in a one-process run, so the last digits differ from `--jobs 1` unless the thread count is fixed
+        log.info("--jobs %d: runs with threads=0 use joblib's per-worker thread count (summary.json "
+                 "`torch_threads`); for numbers equal to a --jobs 1 run, fix it: --set threads=N", jobs)
     progress = RunProgress(len(payload), parallel=jobs)
     par = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")
     return _in_order(par(delayed(_indexed)(i, p, force) for i, p in enumerate(payload)), payload, progress)

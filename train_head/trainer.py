@@ -25,9 +25,8 @@ import torch
 
 from train_head.config import ConfigError, RunConfig
 from train_head.evaluator import Evaluator
-from train_head.heads import build_head
 from train_head.heads_sdl import judge_matrix
-from train_head.loop import Task, head_options, open_run, prepare, record_protocol, run
+from train_head.loop import Task, build_run_head, open_run, prepare, record_protocol, run
 from train_head.runenv import run_environment
 from train_head.protocol import TrainError, carve_validation  # noqa: F401  (public names of stage two)
 from train_head.runfolder import RunFolder
@@ -135,9 +134,7 @@ class CachedTask(Task):
                              cfg.voters, ev_rng)
         self._evals = (evaluator(unit.val), evaluator(unit.test))
         torch.manual_seed(ctx.streams.torch)
-        self.model = self.head = build_head(cfg.head, feat_dim=F.shape[-1], theta=cfg.theta, depth=cfg.depth,
-                                            hidden=cfg.hidden, groups=ctx.groups, **head_options(cfg, ctx)
-                                            ).to(device)
+        self.model = self.head = build_run_head(cfg, F.shape[-1], ctx.groups, ctx.n_judges).to(device)
         # fused Adam: one kernel over all parameters; on CPU ~5x faster per step than the per-tensor loop
         # for this head (2.5M parameters), and still deterministic.
         self.optim = torch.optim.Adam(self.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
