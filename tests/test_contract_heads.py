@@ -209,3 +209,16 @@ def test_target_problem_accepts_the_contract_targets(name):
     head = _build(name)
     _, t_q, _, _ = _loss_batch(head)
     assert HEADS[name].target_problem(t_q.numpy(), THETA) is None
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_one_pair_gives_every_parameter_a_gradient(name):
+    """The training loop sets gradients to None between steps (train_head.loop.run); Adam skips a parameter
+    whose gradient is None but decays the moments of one whose gradient is zero, so a head must give every
+    trainable parameter a gradient (zeros where unused) even from a batch of one pair, which reaches one
+    leaf of a tree head only: otherwise gradients set to None would change the training."""
+    head = _build(name)
+    f_q, t_q, f_e, t_e = (None if x is None else x[:1] for x in _loss_batch(head))
+    head.loss(f_q, t_q, f_e, t_e)[0].backward()
+    missing = [n for n, p in head.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
