@@ -226,3 +226,11 @@ def test_frame_store_gives_the_same_run(root, run_a, tmp_path):
     assert (store_dir / "index.json").is_file() and (store_dir / "frames.u8").stat().st_size > 0
     assert (run_s / "metrics.csv").read_text() == (run / "metrics.csv").read_text()
     assert (run_s / "predictions.csv").read_text() == (run / "predictions.csv").read_text()
+
+
+def test_score_refuses_a_fine_tuning_run_in_one_line(run_a, tmp_path):
+    from evaluate.score import ScoreError, score_video
+
+    _, run = run_a
+    with pytest.raises(ScoreError, match="fine-tuning run .* cached features"):
+        score_video(tmp_path / "any.mp4", run, device="cpu")
