@@ -111,9 +111,7 @@ def score_video(video: str | Path, run_dir: str | Path, *, difficulty: float | N
         log.info("head %s does not use difficulty; --difficulty %s ignored", head_name, difficulty)
 
     # ---- the cache, checked against what the run was trained on
-    cache_path = rc.cache
-    if not cache_path:
-        raise ScoreError(f"{run['dir']}/config.json names no cache file")
+    cache_path = rc.cache                                # required by RunConfig: load_run checked it
     run_attrs = cfg.get("cache_attrs") or {}
     expect = {k: _as_obj(run_attrs[k]) for k in _IDENTITY_ATTRS if k in run_attrs}
     try:

@@ -92,7 +92,7 @@ def load_run(run_dir: str | Path) -> dict:
     try:
         cfg = folder.read_config()
         run_config = folder.load_config()          # typed; its cache path resolves from here
-        if cfg.get("mode") == "finetune":
+        if run_config.mode == "finetune":
             raise ScoreError(f"{run} is a fine-tuning run (backbone and head trained from frames): `evaluate "
                              "score` scores runs trained on cached features (`train_head train`), whose "
                              "exemplars come from their feature cache; this run has none")

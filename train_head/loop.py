@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from train_head.heads import HEADS
+from train_head.heads import HEADS, build_head
 from train_head.pairs import train_pairs
 from train_head.protocol import (NAN_METRICS, Streams, TrainError, Unit, make_unit, pool_groups, run_targets,
                                  small_validation, summary_record, update_best)
@@ -223,8 +223,6 @@ def build_run_head(cfg, feat_dim: int, groups=None, n_judges: int | None = None)
     (head, theta, depth, hidden, the tree's leaf activation and, for heads that learn the judges' scores,
     their number). Training (cached and fine-tuning, through `Context.n_judges`) and `evaluate score`
     (rebuilding a saved run from its typed config) both call it."""
-    from train_head.heads import build_head
-
     options: dict[str, Any] = {"leaf_activation": cfg.leaf_activation}
     if n_judges is not None:
         options["n_judges"] = int(n_judges)
